@@ -1,0 +1,8 @@
+"""jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
+
+from ._least_squares import least_squares as least_squares
+from ._loop import AbstractSolver as AbstractSolver
+from ._solution import Solution as Solution, Status as Status
+from ._solver import LevenbergMarquardt as LevenbergMarquardt
+
+__version__ = "0.1.0"

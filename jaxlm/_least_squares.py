@@ -1,0 +1,171 @@
+"""`least_squares`: set up the flat problem, run the driver under `jit`, build the `Solution`."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import ArrayLike, PyTree
+
+from ._loop import AbstractSolver, Problem, run
+from ._solution import SUCCESS_CODES, Solution, Status
+from ._solver import LevenbergMarquardt
+
+
+def least_squares(
+    fun: Callable[..., ArrayLike],
+    x0: PyTree[ArrayLike],
+    args: tuple = (),
+    *,
+    solver: AbstractSolver | None = None,
+    max_steps: int = 1000,
+    jac: Callable[..., Any] | None = None,
+    throw: bool = False,
+) -> Solution:
+    """Minimise ½‖fun(params, *args)‖² over `params`, starting from `x0`.
+
+    Args:
+        fun: the residual function `fun(params, *args)`, returning an array of any shape.
+        x0: the starting point: an array or any pytree of arrays (a dict, a tuple, ...).
+        args: extra arguments passed to `fun` (data, hyperparameters). Pass data here rather
+            than closing over it, so that one compiled solve serves every dataset.
+        solver: the solver; `None` means `jaxlm.LevenbergMarquardt()`.
+        max_steps: the most iterations (accepted and rejected steps) before stopping with
+            status `MAX_STEPS`.
+        jac: optional Jacobian `jac(params, *args)`: either a 2-D array of shape
+            (number of residuals, number of parameters) with residuals and parameters
+            flattened in `ravel_pytree` order, or the pytree that `jax.jacfwd(fun)` returns.
+            By default `jax.jacfwd` is used when there are at least as many residuals as
+            parameters, and `jax.jacrev` otherwise.
+        throw: raise an error (also under `jit`) when the solve did not converge. By default
+            failure is reported in `Solution.status` and `Solution.success`, so that one bad
+            fit in a batch does not stop the others.
+
+    Returns:
+        A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
+        `jax.vmap`ped over data and starting points, and every fit gets its own status.
+    """
+    if solver is None:
+        solver = LevenbergMarquardt()
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a jaxlm solver such as jaxlm.LevenbergMarquardt(), got {solver!r}.")
+    if not callable(fun):
+        raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
+    if jac is not None and not callable(jac):
+        raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    if not isinstance(args, tuple):
+        raise TypeError(
+            f"args must be a tuple of extra arguments for fun, got {type(args).__name__}; "
+            "for a single argument write args=(value,)."
+        )
+    x0 = _as_float_params(x0)
+    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw)
+
+
+def _as_float_params(x0):
+    leaves = jax.tree.leaves(x0)
+    if not leaves:
+        raise ValueError("x0 has no parameters: pass an array or a pytree of arrays.")
+
+    def to_float(leaf):
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            raise TypeError("x0 is complex; jaxlm solves real least-squares problems: split it into real and imaginary parts.")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            leaf = leaf.astype(jnp.result_type(float))
+        if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError("x0 contains NaN or inf: start from finite values.")
+        return leaf
+
+    return jax.tree.map(to_float, x0)
+
+
+def _check_residuals(fun, params, args):
+    out = jax.eval_shape(lambda p: fun(p, *args), params)
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"fun must return one array of residuals, got {jax.tree.structure(out)}; "
+            "concatenate the parts, e.g. jnp.concatenate([r1.ravel(), r2.ravel()])."
+        )
+    return out
+
+
+@eqx.filter_jit
+def _least_squares(fun, x0, args, solver, max_steps, jac, throw) -> Solution:
+    x_flat, unravel = ravel_pytree(x0)
+    dtype = x_flat.dtype
+    out = _check_residuals(fun, x0, args)
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"fun returned residuals of dtype {out.dtype}; they must be floating point "
+            f"({dtype}, the dtype of x0). Check that the model does not round or compare."
+        )
+    if out.dtype != dtype:
+        raise TypeError(
+            f"fun returned residuals of dtype {out.dtype} for parameters of dtype {dtype}. "
+            f"Use one dtype: cast the data in args (or x0) so that both are {dtype} or both {out.dtype}."
+        )
+    if out.size == 0:
+        raise ValueError("fun returned no residuals (an empty array): check the data passed in args.")
+    num_residuals, num_params = out.size, x_flat.size
+
+    def residual(x):
+        return jnp.ravel(fun(unravel(x), *args))
+
+    if jac is None:
+        jacobian = jax.jacfwd(residual) if num_residuals >= num_params else jax.jacrev(residual)
+    else:
+        jacobian = _user_jacobian(jac, unravel, args, x0, out.shape, dtype)
+
+    state, num_steps = run(solver, Problem(residual, jacobian), x_flat, max_steps)
+    success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
+    solution = Solution(
+        params=unravel(state.x),
+        cost=state.cost,
+        residual=state.residual.reshape(out.shape),
+        grad_norm=jnp.max(jnp.abs(state.grad)),
+        num_steps=num_steps,
+        num_fev=state.num_fev,
+        num_jev=state.num_jev,
+        status=state.status,
+        success=success,
+    )
+    if throw:
+        messages = [f"jaxlm.least_squares failed: {Status(i).message}" for i in range(len(Status) - 1)]
+        solution = eqx.branched_error_if(solution, ~success, state.status, messages)
+    return solution
+
+
+def _user_jacobian(jac, unravel, args, x0, residual_shape, dtype):
+    num_residuals = int(np.prod(residual_shape))
+    leaves = jax.tree.leaves(x0)
+    num_params = sum(leaf.size for leaf in leaves)
+    expected = (
+        f"a 2-D array of shape ({num_residuals}, {num_params}) or the pytree of jax.jacfwd(fun), "
+        f"with leaves of shape residual shape {tuple(residual_shape)} + parameter shape"
+    )
+
+    def jacobian(x):
+        params = unravel(x)
+        out = jac(params, *args)
+        out_leaves = jax.tree.leaves(out)
+        if isinstance(out, jax.Array | np.ndarray) and out.shape == (num_residuals, num_params):
+            matrix = out
+        elif jax.tree.structure(out) == jax.tree.structure(x0) and all(
+            o.shape == tuple(residual_shape) + leaf.shape for o, leaf in zip(out_leaves, leaves)
+        ):
+            matrix = jnp.concatenate([o.reshape(num_residuals, -1) for o in out_leaves], axis=1)
+        else:
+            shapes = jax.tree.map(lambda o: getattr(o, "shape", type(o).__name__), out)
+            raise ValueError(f"jac returned shapes {shapes}; expected {expected}.")
+        matrix = jnp.asarray(matrix)
+        if matrix.dtype != dtype:
+            raise TypeError(f"jac returned dtype {matrix.dtype}; expected {dtype}, the dtype of x0.")
+        return matrix
+
+    return jacobian

@@ -1,0 +1,111 @@
+"""The damped Gauss–Newton system (JᵀJ + diag(d)) h = −Jᵀr, solved fast and without losing accuracy.
+
+The fast path equilibrates the normal equations (scales them to a unit diagonal, which makes
+them independent of the parameters' units) and factorises them by Cholesky; for a handful of
+parameters the factorisation is unrolled into elementwise operations, which is an order of
+magnitude faster under `vmap` than a batched LAPACK call. Forming JᵀJ squares the condition
+number, so when the factorisation breaks down or its pivots show that it has lost more than
+half the digits, the step is recomputed as the least-squares solution of the augmented system
+[J; diag(√d)] h ≈ −[r; 0] by SVD, whose accuracy depends on cond(J) instead of cond(J)².
+
+Under `vmap` a `lax.cond` with a batched predicate evaluates both branches, which would make
+every fit pay for the SVD. The batching rule below therefore factorises the whole batch and
+runs the fallback only if some member of the batch needs it.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float
+
+UNROLL_MAX_SIZE = 8
+
+
+def solve_damped_normal_equations(
+    jtj: Float[Array, "n n"],
+    grad: Float[Array, " n"],
+    damping: Float[Array, " n"],
+    jac: Float[Array, "m n"],
+    residual: Float[Array, " m"],
+) -> Float[Array, " n"]:
+    """The step h solving (JᵀJ + diag(damping)) h = −grad, where grad = Jᵀr."""
+    return _solve(jtj, grad, damping, jac, residual)
+
+
+def _equilibration(jtj, damping):
+    diagonal = jnp.diagonal(jtj) + damping
+    return jnp.where(diagonal > 0, lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1)), 1)
+
+
+def _cholesky_solve(jtj, grad, damping, jac, residual) -> tuple[Array, Bool[Array, ""]]:
+    del jac, residual
+    scale = _equilibration(jtj, damping)
+    matrix = scale[:, None] * (jtj + jnp.diag(damping)) * scale[None, :]
+    rhs = -scale * grad
+    if matrix.shape[0] <= UNROLL_MAX_SIZE:
+        solution, pivots = _unrolled_cholesky_solve(matrix, rhs)
+    else:
+        factor = jnp.linalg.cholesky(matrix)
+        solution = jax.scipy.linalg.cho_solve((factor, True), rhs)
+        pivots = jnp.diagonal(factor)
+    # The equilibrated matrix has a unit diagonal, so each squared pivot is the fraction of its
+    # column that is independent of the columns before it; below √eps half the digits are gone.
+    tolerance = jnp.sqrt(jnp.finfo(matrix.dtype).eps)
+    failed = ~jnp.all(jnp.isfinite(solution)) | ~(jnp.min(pivots) ** 2 > tolerance)
+    return scale * solution, failed
+
+
+def _unrolled_cholesky_solve(matrix, rhs):
+    """Cholesky factorisation and the two triangular solves, written out entry by entry."""
+    n = matrix.shape[0]
+    factor = [[None] * n for _ in range(n)]
+    for j in range(n):
+        pivot = jnp.sqrt(matrix[j, j] - sum((factor[j][k] ** 2 for k in range(j)), 0.0))
+        factor[j][j] = pivot
+        for i in range(j + 1, n):
+            dot = sum((factor[i][k] * factor[j][k] for k in range(j)), 0.0)
+            factor[i][j] = (matrix[i, j] - dot) / pivot
+    forward = []
+    for i in range(n):
+        dot = sum((factor[i][k] * forward[k] for k in range(i)), 0.0)
+        forward.append((rhs[i] - dot) / factor[i][i])
+    solution = [None] * n
+    for i in reversed(range(n)):
+        dot = sum((factor[k][i] * solution[k] for k in range(i + 1, n)), 0.0)
+        solution[i] = (forward[i] - dot) / factor[i][i]
+    pivots = jnp.stack([factor[j][j] for j in range(n)])
+    return jnp.stack(solution), pivots
+
+
+def _augmented_lstsq_solve(jtj, grad, damping, jac, residual) -> Array:
+    del grad
+    scale = _equilibration(jtj, damping)
+    n = jac.shape[1]
+    augmented = jnp.concatenate([jac * scale[None, :], jnp.diag(jnp.sqrt(damping) * scale)])
+    target = -jnp.concatenate([residual, jnp.zeros(n, residual.dtype)])
+    solution, *_ = jnp.linalg.lstsq(augmented, target)
+    return scale * solution
+
+
+@jax.custom_batching.custom_vmap
+def _solve(jtj, grad, damping, jac, residual):
+    step, failed = _cholesky_solve(jtj, grad, damping, jac, residual)
+    return lax.cond(
+        failed,
+        lambda: _augmented_lstsq_solve(jtj, grad, damping, jac, residual),
+        lambda: step,
+    )
+
+
+@_solve.def_vmap
+def _solve_batched(axis_size, in_batched, *args):
+    args = [
+        arg if batched else jnp.broadcast_to(arg, (axis_size, *arg.shape))
+        for arg, batched in zip(args, in_batched)
+    ]
+    step, failed = jax.vmap(_cholesky_solve)(*args)
+
+    def with_fallback():
+        return jnp.where(failed[:, None], jax.vmap(_augmented_lstsq_solve)(*args), step)
+
+    return lax.cond(jnp.any(failed), with_fallback, lambda: step), True

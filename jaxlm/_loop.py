@@ -1,0 +1,66 @@
+"""The one driver loop that every solver runs in: init → while_loop(step) → state.
+
+A solver is an immutable `AbstractSolver` with two methods. `init(problem, x0)` evaluates the
+starting point; `step(problem, state)` computes one step, decides whether to accept it, updates
+its own damping or radius, and sets `state.status` to a converged `Status` when its tolerances
+are met. Everything that is the same for all solvers lives here: the check of the starting
+point, non-finite values, `max_steps`, and counting steps.
+
+A solver's state is an `equinox.Module` with at least the fields `x`, `residual`, `cost`,
+`grad`, `status`, `num_fev` and `num_jev`.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int, PyTree
+
+from ._solution import Status
+
+
+class Problem(eqx.Module):
+    """A least-squares problem on a flat parameter vector: what the solvers see."""
+
+    residual: Callable[[Float[Array, " n"]], Float[Array, " m"]]
+    jacobian: Callable[[Float[Array, " n"]], Float[Array, "m n"]]
+
+
+class AbstractSolver(eqx.Module):
+    """The interface between a solver and the driver loop."""
+
+    @abc.abstractmethod
+    def init(self, problem: Problem, x0: Float[Array, " n"]) -> PyTree: ...
+
+    @abc.abstractmethod
+    def step(self, problem: Problem, state: PyTree) -> PyTree: ...
+
+
+def _set_status(state, status):
+    return eqx.tree_at(lambda s: s.status, state, status)
+
+
+def run(solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int) -> tuple[PyTree, Int[Array, ""]]:
+    """Solve from `x0`; returns the final solver state and the number of steps taken."""
+    state = solver.init(problem, x0)
+    start_is_finite = jnp.isfinite(state.cost) & jnp.all(jnp.isfinite(state.grad))
+    state = _set_status(state, jnp.where(start_is_finite, state.status, Status.NONFINITE_START))
+
+    def not_done(carry):
+        state, _ = carry
+        return state.status == Status.RUNNING
+
+    def body(carry):
+        state, num_steps = carry
+        state = solver.step(problem, state)
+        num_steps = num_steps + 1
+        running = state.status == Status.RUNNING
+        status = jnp.where(
+            running & ~jnp.all(jnp.isfinite(state.grad)), Status.NONFINITE_JACOBIAN, state.status
+        )
+        status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
+        return _set_status(state, status), num_steps
+
+    return lax.while_loop(not_done, body, (state, jnp.array(0, jnp.int32)))

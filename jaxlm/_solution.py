@@ -1,0 +1,105 @@
+"""The result of a solve: `Solution`, and the `Status` enumeration with its messages."""
+
+import enum
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+
+class Status(enum.IntEnum):
+    """Why a solve stopped. `Solution.status` holds these values as an int32 array."""
+
+    RUNNING = -1
+    CONVERGED_GTOL = 0
+    CONVERGED_XTOL = 1
+    CONVERGED_FTOL = 2
+    MAX_STEPS = 3
+    NONFINITE_START = 4
+    NONFINITE_JACOBIAN = 5
+    NO_DESCENT = 6
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+    @property
+    def success(self) -> bool:
+        return self in (Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL)
+
+
+_MESSAGES = {
+    Status.RUNNING: "The solve has not finished.",
+    Status.CONVERGED_GTOL: "Converged: the gradient norm |g|_inf fell below gtol.",
+    Status.CONVERGED_XTOL: "Converged: the step |h| fell below xtol * (|x| + xtol).",
+    Status.CONVERGED_FTOL: (
+        "Converged: the actual and predicted relative reductions of the cost fell below ftol."
+    ),
+    Status.MAX_STEPS: (
+        "Stopped at max_steps before converging: raise max_steps, loosen ftol/xtol/gtol, "
+        "or start closer to the solution."
+    ),
+    Status.NONFINITE_START: (
+        "The residuals or the Jacobian at the starting point are not finite (NaN or inf): "
+        "check the data passed in args for NaN/inf and choose an x0 where the model is finite."
+    ),
+    Status.NONFINITE_JACOBIAN: (
+        "The Jacobian became non-finite (NaN or inf) at an accepted point although the "
+        "residuals were finite: the model is not differentiable there; reparametrise it, "
+        "add bounds, or supply jac."
+    ),
+    Status.NO_DESCENT: (
+        "No step could reduce the cost: the damping grew without bound. The model may be "
+        "non-smooth or overflow near this point; check the model and its derivatives."
+    ),
+}
+
+SUCCESS_CODES = tuple(int(s) for s in Status if s.success)
+
+
+class Solution(eqx.Module):
+    """The result of `jaxlm.least_squares`: a pytree of arrays only.
+
+    Under `jax.vmap` every field carries the batch axis, so each fit has its own status.
+
+    Attributes:
+        params: the solution, with the same pytree structure as `x0`.
+        cost: ½‖r‖² at `params`.
+        residual: the residuals at `params`, in the shape that `fun` returns.
+        grad_norm: ‖Jᵀr‖∞ at `params`.
+        num_steps: iterations taken (accepted and rejected steps).
+        num_fev: evaluations of the residuals (Jacobian evaluations not included).
+        num_jev: evaluations of the Jacobian.
+        status: a `jaxlm.Status` value, as an int32 array.
+        success: whether the solve converged.
+    """
+
+    params: PyTree[Array]
+    cost: Float[Array, ""]
+    residual: Array
+    grad_norm: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    num_fev: Int[Array, ""]
+    num_jev: Int[Array, ""]
+    status: Int[Array, ""]
+    success: Bool[Array, ""]
+
+    @property
+    def message(self):
+        """The status as text: one string, or a nested list of strings for a batch."""
+        status = np.asarray(self.status)
+        if status.ndim == 0:
+            return Status(int(status)).message
+        return np.vectorize(lambda s: Status(int(s)).message, otypes=[object])(status).tolist()
+
+    def __repr__(self) -> str:
+        status = np.asarray(self.status)
+        if status.ndim != 0:
+            counts = {Status(int(s)).name: int(c) for s, c in zip(*np.unique(status, return_counts=True))}
+            return f"Solution(batch of {status.size} fits, status counts {counts})"
+        return (
+            f"Solution(success={bool(self.success)}, status={Status(int(status)).name}, "
+            f"cost={float(self.cost):.6g}, grad_norm={float(self.grad_norm):.3g}, "
+            f"num_steps={int(self.num_steps)}, num_fev={int(self.num_fev)}, "
+            f"num_jev={int(self.num_jev)},\n  params={self.params})"
+        )

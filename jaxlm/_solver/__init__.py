@@ -1,0 +1,4 @@
+from ._levenberg_marquardt import (
+    LevenbergMarquardt as LevenbergMarquardt,
+    LevenbergMarquardtState as LevenbergMarquardtState,
+)

@@ -1,0 +1,202 @@
+"""Levenberg–Marquardt with Nielsen's damping update and Marquardt's scaling.
+
+References:
+    K. Madsen, H. B. Nielsen, O. Tingleff, "Methods for Non-Linear Least Squares Problems",
+    2nd ed., IMM, DTU, 2004, Algorithm 3.16 (Nielsen's damping rule).
+    H. B. Nielsen, "Damping parameter in Marquardt's method", IMM-REP-1999-05.
+    D. W. Marquardt, "An algorithm for least-squares estimation of nonlinear parameters",
+    J. SIAM 11(2), 1963 (the classic ×10 / ÷10 rule and scaling by diag(JᵀJ)).
+    J. J. Moré, B. S. Garbow, K. E. Hillstrom, "User guide for MINPACK-1", ANL-80-74, 1980
+    (the running maximum of the column norms, and the ftol/xtol tests).
+
+Minimise F(x) = ½‖r(x)‖². At the current point, with J the Jacobian of r, g = Jᵀr the gradient
+and D² the scaling (the running maximum of diag(JᵀJ), or the identity when unscaled):
+
+    solve      (JᵀJ + μD²) h = −g
+    gain ratio ρ = (F(x) − F(x + h)) / (L(0) − L(h)),  L(0) − L(h) = ½ hᵀ(μD²h − g)
+    if ρ > 0:  x ← x + h, re-evaluate J;  μ ← μ·max(1/3, 1 − (2ρ − 1)³), ν ← 2   (Nielsen)
+                                          μ ← μ/10                              (classic)
+    else:      μ ← μ·ν, ν ← 2ν                                                  (Nielsen)
+               μ ← 10μ                                                          (classic)
+
+A trial point whose residuals are not finite has ρ = NaN and is rejected like any other.
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from .._linear import solve_damped_normal_equations
+from .._loop import AbstractSolver, Problem
+from .._solution import Status
+from ._tolerances import resolve_tolerance
+
+
+class LevenbergMarquardtState(eqx.Module):
+    x: Float[Array, " n"]
+    residual: Float[Array, " m"]
+    cost: Float[Array, ""]
+    jac: Float[Array, "m n"]
+    jtj: Float[Array, "n n"]
+    grad: Float[Array, " n"]
+    scale: Float[Array, " n"]  # D², the diagonal that multiplies μ
+    damping: Float[Array, ""]  # μ
+    damping_growth: Float[Array, ""]  # ν
+    step_norm: Float[Array, ""]
+    accepted: Bool[Array, ""]
+    status: Int[Array, ""]
+    num_fev: Int[Array, ""]
+    num_jev: Int[Array, ""]
+
+
+class LevenbergMarquardt(AbstractSolver):
+    """Levenberg–Marquardt, the default solver of `jaxlm.least_squares`.
+
+    Args:
+        ftol: stop when both the actual and the predicted relative reduction of the cost in a
+            step are at most `ftol` (MINPACK's test).
+        xtol: stop when the step satisfies ‖h‖ ≤ xtol·(‖x‖ + xtol).
+        gtol: stop when ‖Jᵀr‖∞ ≤ gtol.
+            `None` for any tolerance means a default chosen from the dtype of the parameters:
+            1e-10, 1e-10, 1e-12 in float64 and 1e-5, 1e-5, 1e-6 in float32.
+        damping_rule: "nielsen" (smooth update from the gain ratio, the default) or "classic"
+            (Marquardt's ×10 on a rejected step, ÷10 on an accepted one).
+        scaled: damp with μ·D², D² the running maximum of diag(JᵀJ) (Marquardt's scaling, the
+            default, which makes the method invariant to the units of each parameter), or
+            with μ·I when False.
+        initial_damping: τ in μ₀ = τ·max diag(JᵀJ) (unscaled), or μ₀ = τ (scaled, where the
+            diagonal is already in D²). Nielsen suggests 1e-6 from a good start, 1e-3 or 1
+            otherwise.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxlm
+        >>> t = jnp.linspace(0.0, 3.0, 20)
+        >>> y = 2.0 * jnp.exp(-1.3 * t)
+        >>> def residual(p, t, y):
+        ...     return p["a"] * jnp.exp(-p["k"] * t) - y
+        >>> sol = jaxlm.least_squares(residual, {"a": 1.0, "k": 1.0}, (t, y),
+        ...                           solver=jaxlm.LevenbergMarquardt())
+        >>> bool(sol.success), round(float(sol.params["k"]), 4)
+        (True, 1.3)
+    """
+
+    ftol: float | None = None
+    xtol: float | None = None
+    gtol: float | None = None
+    damping_rule: Literal["nielsen", "classic"] = eqx.field(default="nielsen", static=True)
+    scaled: bool = eqx.field(default=True, static=True)
+    initial_damping: float = 1e-3
+
+    def __check_init__(self):
+        if self.damping_rule not in ("nielsen", "classic"):
+            raise ValueError(
+                f"damping_rule must be 'nielsen' or 'classic', got {self.damping_rule!r}."
+            )
+        for name in ("ftol", "xtol", "gtol"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0 or None (a default from the dtype), got {value}.")
+        if not self.initial_damping > 0:
+            raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
+
+    def init(self, problem: Problem, x0: Float[Array, " n"]) -> LevenbergMarquardtState:
+        residual = problem.residual(x0)
+        jac = problem.jacobian(x0)
+        jtj = jac.T @ jac
+        grad = jac.T @ residual
+        diagonal = jnp.diagonal(jtj)
+        if self.scaled:
+            scale = jnp.where(diagonal > 0, diagonal, 1)
+            damping = jnp.asarray(self.initial_damping, x0.dtype)
+        else:
+            scale = jnp.ones_like(x0)
+            damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
+        gtol = resolve_tolerance("gtol", self.gtol, x0.dtype)
+        status = jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, Status.RUNNING)
+        return LevenbergMarquardtState(
+            x=x0,
+            residual=residual,
+            cost=0.5 * jnp.sum(residual**2),
+            jac=jac,
+            jtj=jtj,
+            grad=grad,
+            scale=scale,
+            damping=damping,
+            damping_growth=jnp.asarray(2, x0.dtype),
+            step_norm=jnp.asarray(jnp.inf, x0.dtype),
+            accepted=jnp.array(True),
+            status=jnp.asarray(status, jnp.int32),
+            num_fev=jnp.array(1, jnp.int32),
+            num_jev=jnp.array(1, jnp.int32),
+        )
+
+    def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
+        dtype = state.x.dtype
+        mu, nu = state.damping, state.damping_growth
+
+        step = solve_damped_normal_equations(
+            state.jtj, state.grad, mu * state.scale, state.jac, state.residual
+        )
+        x_trial = state.x + step
+        residual_trial = problem.residual(x_trial)
+        cost_trial = 0.5 * jnp.sum(residual_trial**2)
+
+        actual_reduction = state.cost - cost_trial
+        predicted_reduction = 0.5 * jnp.dot(step, mu * state.scale * step - state.grad)
+        gain_ratio = actual_reduction / predicted_reduction
+        accepted = gain_ratio > 0  # False when the trial cost is NaN or inf
+
+        if self.damping_rule == "nielsen":
+            mu_accepted = mu * jnp.maximum(1 / 3, 1 - (2 * gain_ratio - 1) ** 3)
+            mu_rejected, nu_rejected = mu * nu, 2 * nu
+        else:
+            mu_accepted = mu / 10
+            mu_rejected, nu_rejected = mu * 10, nu
+        mu = jnp.where(accepted, mu_accepted, mu_rejected)
+        nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
+
+        # A rejected step keeps the Jacobian of the current point; only an accepted one pays for a new one.
+        x = jnp.where(accepted, x_trial, state.x)
+        residual = jnp.where(accepted, residual_trial, state.residual)
+        cost = jnp.where(accepted, cost_trial, state.cost)
+        jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
+        jtj = jnp.where(accepted, jac.T @ jac, state.jtj)
+        grad = jnp.where(accepted, jac.T @ residual, state.grad)
+        scale = jnp.maximum(state.scale, jnp.diagonal(jtj)) if self.scaled else state.scale
+
+        ftol = resolve_tolerance("ftol", self.ftol, dtype)
+        xtol = resolve_tolerance("xtol", self.xtol, dtype)
+        gtol = resolve_tolerance("gtol", self.gtol, dtype)
+        step_norm = jnp.linalg.norm(step)
+        gtol_met = jnp.max(jnp.abs(grad)) <= gtol
+        xtol_met = step_norm <= xtol * (jnp.linalg.norm(x) + xtol)
+        ftol_met = (
+            (jnp.abs(actual_reduction) <= ftol * state.cost)
+            & (predicted_reduction <= ftol * state.cost)
+            & (gain_ratio <= 2)
+        )
+        status = jnp.select(
+            [gtol_met, xtol_met, ftol_met, ~jnp.isfinite(mu)],
+            [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
+            Status.RUNNING,
+        ).astype(jnp.int32)
+
+        return LevenbergMarquardtState(
+            x=x,
+            residual=residual,
+            cost=cost,
+            jac=jac,
+            jtj=jtj,
+            grad=grad,
+            scale=scale,
+            damping=mu.astype(dtype),
+            damping_growth=nu,
+            step_norm=step_norm,
+            accepted=accepted,
+            status=status,
+            num_fev=state.num_fev + 1,
+            num_jev=state.num_jev + accepted.astype(jnp.int32),
+        )

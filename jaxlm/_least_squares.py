@@ -75,7 +75,10 @@ def _as_float_params(x0):
     def to_float(leaf):
         leaf = jnp.asarray(leaf)
         if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-            raise TypeError("x0 is complex; jaxlm solves real least-squares problems: split it into real and imaginary parts.")
+            raise TypeError(
+                "x0 is complex; jaxlm solves real least-squares problems: "
+                "split it into real and imaginary parts."
+            )
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             leaf = leaf.astype(jnp.result_type(float))
         if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
@@ -157,7 +160,7 @@ def _user_jacobian(jac, unravel, args, x0, residual_shape, dtype):
         if isinstance(out, jax.Array | np.ndarray) and out.shape == (num_residuals, num_params):
             matrix = out
         elif jax.tree.structure(out) == jax.tree.structure(x0) and all(
-            o.shape == tuple(residual_shape) + leaf.shape for o, leaf in zip(out_leaves, leaves)
+            o.shape == tuple(residual_shape) + leaf.shape for o, leaf in zip(out_leaves, leaves, strict=True)
         ):
             matrix = jnp.concatenate([o.reshape(num_residuals, -1) for o in out_leaves], axis=1)
         else:

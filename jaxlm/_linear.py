@@ -101,7 +101,7 @@ def _solve(jtj, grad, damping, jac, residual):
 def _solve_batched(axis_size, in_batched, *args):
     args = [
         arg if batched else jnp.broadcast_to(arg, (axis_size, *arg.shape))
-        for arg, batched in zip(args, in_batched)
+        for arg, batched in zip(args, in_batched, strict=True)
     ]
     step, failed = jax.vmap(_cholesky_solve)(*args)
 

@@ -95,7 +95,8 @@ class Solution(eqx.Module):
     def __repr__(self) -> str:
         status = np.asarray(self.status)
         if status.ndim != 0:
-            counts = {Status(int(s)).name: int(c) for s, c in zip(*np.unique(status, return_counts=True))}
+            values, counts = np.unique(status, return_counts=True)
+            counts = {Status(int(s)).name: int(c) for s, c in zip(values, counts, strict=True)}
             return f"Solution(batch of {status.size} fits, status counts {counts})"
         return (
             f"Solution(success={bool(self.success)}, status={Status(int(status)).name}, "

@@ -92,9 +92,7 @@ class LevenbergMarquardt(AbstractSolver):
 
     def __check_init__(self):
         if self.damping_rule not in ("nielsen", "classic"):
-            raise ValueError(
-                f"damping_rule must be 'nielsen' or 'classic', got {self.damping_rule!r}."
-            )
+            raise ValueError(f"damping_rule must be 'nielsen' or 'classic', got {self.damping_rule!r}.")
         for name in ("ftol", "xtol", "gtol"):
             value = getattr(self, name)
             if value is not None and not value >= 0:

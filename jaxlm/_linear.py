@@ -51,7 +51,10 @@ def _cholesky_solve(jtj, grad, damping, jac, residual) -> tuple[Array, Bool[Arra
     # The equilibrated matrix has a unit diagonal, so each squared pivot is the fraction of its
     # column that is independent of the columns before it; below √eps half the digits are gone.
     tolerance = jnp.sqrt(jnp.finfo(matrix.dtype).eps)
-    failed = ~jnp.all(jnp.isfinite(solution)) | ~(jnp.min(pivots) ** 2 > tolerance)
+    broken = ~jnp.all(jnp.isfinite(solution)) | ~(jnp.min(pivots) ** 2 > tolerance)
+    # Non-finite inputs (a fit with NaN in its data) cannot be rescued by the fallback; in a batch
+    # they must not make every other fit pay for it.
+    failed = broken & jnp.all(jnp.isfinite(matrix)) & jnp.all(jnp.isfinite(rhs))
     return scale * solution, failed
 
 

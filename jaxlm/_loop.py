@@ -56,10 +56,7 @@ def run(solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int) -> 
         state, num_steps = carry
         state = solver.step(problem, state)
         num_steps = num_steps + 1
-        running = state.status == Status.RUNNING
-        status = jnp.where(
-            running & ~jnp.all(jnp.isfinite(state.grad)), Status.NONFINITE_JACOBIAN, state.status
-        )
+        status = jnp.where(jnp.all(jnp.isfinite(state.grad)), state.status, Status.NONFINITE_JACOBIAN)
         status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
         return _set_status(state, status), num_steps
 

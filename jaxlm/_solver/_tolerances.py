@@ -3,12 +3,14 @@
 import jax.numpy as jnp
 
 # float64 stops close to machine precision; float32 stops where rounding noise in the cost
-# (a few eps relative) would otherwise keep rejecting steps until max_steps.
+# (a few eps relative) would otherwise keep rejecting steps until max_steps. gtol defaults to 0
+# as in MINPACK: ‖g‖∞ has the units of the problem, so any fixed threshold would stop problems
+# with tiny residuals (NIST's Lanczos) long before they converge.
 _DEFAULTS = {
-    jnp.dtype(jnp.float64): {"ftol": 1e-10, "xtol": 1e-10, "gtol": 1e-12},
-    jnp.dtype(jnp.float32): {"ftol": 1e-5, "xtol": 1e-5, "gtol": 1e-6},
-    jnp.dtype(jnp.float16): {"ftol": 1e-2, "xtol": 1e-2, "gtol": 1e-3},
-    jnp.dtype(jnp.bfloat16): {"ftol": 1e-2, "xtol": 1e-2, "gtol": 1e-3},
+    jnp.dtype(jnp.float64): {"ftol": 1e-12, "xtol": 1e-12, "gtol": 0.0},
+    jnp.dtype(jnp.float32): {"ftol": 1e-5, "xtol": 1e-5, "gtol": 0.0},
+    jnp.dtype(jnp.float16): {"ftol": 1e-2, "xtol": 1e-2, "gtol": 0.0},
+    jnp.dtype(jnp.bfloat16): {"ftol": 1e-2, "xtol": 1e-2, "gtol": 0.0},
 }
 
 

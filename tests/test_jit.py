@@ -1,0 +1,45 @@
+"""least_squares under jax.jit: one compiled while_loop, no recompilation for new data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from registry import PROBLEMS
+
+import jaxlm
+
+TRACES = []
+
+
+def traced_decay(params, t, y):
+    TRACES.append(1)  # runs only while JAX traces the function
+    return params[0] * jnp.exp(-params[1] * t) - y
+
+
+def test_second_call_with_new_data_does_not_recompile():
+    t, y = PROBLEMS["exponential_decay"].args
+    first = jaxlm.least_squares(traced_decay, jnp.array([1.0, 0.5]), (t, y))
+    traces_after_first = len(TRACES)
+    second = jaxlm.least_squares(traced_decay, jnp.array([2.0, 1.0]), (t, 3.0 * y))
+    assert len(TRACES) == traces_after_first
+    np.testing.assert_allclose(first.params, [2.5, 1.3], rtol=1e-10)
+    np.testing.assert_allclose(second.params, [7.5, 1.3], rtol=1e-10)
+
+
+def test_inside_user_jit_matches_eager_call():
+    problem = PROBLEMS["exponential_decay"]
+
+    @jax.jit
+    def fit(x0, t, y):
+        return jaxlm.least_squares(problem.fun, x0, (t, y))
+
+    jitted = fit(problem.x0, *problem.args)
+    eager = jaxlm.least_squares(problem.fun, problem.x0, problem.args)
+    np.testing.assert_array_equal(jitted.params, eager.params)
+    assert int(jitted.num_steps) == int(eager.num_steps)
+
+
+def test_the_solve_is_one_while_loop():
+    problem = PROBLEMS["exponential_decay"]
+    jaxpr = jax.make_jaxpr(lambda x0: jaxlm.least_squares(problem.fun, x0, problem.args))(problem.x0)
+    text = str(jaxpr)
+    assert text.count("while[") == 1

@@ -1,0 +1,42 @@
+"""Every solver of the registry on every problem of the registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from registry import PROBLEMS, SOLVERS
+
+import jaxlm
+
+CASES = [(s, p) for p in PROBLEMS for s in PROBLEMS[p].solvers]
+
+
+@pytest.mark.parametrize("solver_name,problem_name", CASES)
+def test_solver_converges(solver_name, problem_name):
+    problem = PROBLEMS[problem_name]
+    solution = jaxlm.least_squares(problem.fun, problem.x0, problem.args, solver=SOLVERS[solver_name])
+    assert bool(solution.success), solution.message
+    assert jax.tree.structure(solution.params) == jax.tree.structure(problem.x0)
+    if problem.solution is not None:
+        np.testing.assert_allclose(solution.params, problem.solution, atol=problem.atol)
+    # At a minimum the gradient Jᵀr vanishes (relative to the size of J and r).
+    flat, unravel = ravel_pytree(solution.params)
+    jac = jax.jacfwd(lambda x: problem.fun(unravel(x), *problem.args).ravel())(flat)
+    residual = problem.fun(solution.params, *problem.args).ravel()
+    scale = jnp.linalg.norm(jac) * jnp.maximum(jnp.linalg.norm(residual), 1e-8)
+    assert float(jnp.max(jnp.abs(jac.T @ residual))) <= 1e-6 * float(scale) + 1e-12
+    # The Solution's own fields agree with the residuals at its params.
+    np.testing.assert_allclose(solution.residual, residual.reshape(solution.residual.shape), atol=1e-12)
+    np.testing.assert_allclose(solution.cost, 0.5 * jnp.sum(residual**2), rtol=1e-12, atol=1e-20)
+    assert 1 <= int(solution.num_jev) <= int(solution.num_fev) == int(solution.num_steps) + 1
+
+
+def test_solvers_agree_on_the_minimiser():
+    problem = PROBLEMS["gaussian_peak_dict"]
+    solutions = [
+        ravel_pytree(jaxlm.least_squares(problem.fun, problem.x0, problem.args, solver=s).params)[0]
+        for s in SOLVERS.values()
+    ]
+    for other in solutions[1:]:
+        np.testing.assert_allclose(other, solutions[0], rtol=1e-8)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from registry import PROBLEMS
 
 import jaxlm
@@ -43,3 +44,14 @@ def test_the_solve_is_one_while_loop():
     jaxpr = jax.make_jaxpr(lambda x0: jaxlm.least_squares(problem.fun, x0, problem.args))(problem.x0)
     text = str(jaxpr)
     assert text.count("while[") == 1
+
+
+def test_throw_inside_user_jit():
+    problem = PROBLEMS["exponential_decay"]
+
+    @jax.jit
+    def fit(x0, t, y):
+        return jaxlm.least_squares(problem.fun, x0, (t, y), max_steps=1, throw=True)
+
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(fit(problem.x0, *problem.args))

@@ -1,0 +1,28 @@
+"""The main demo and the example scripts run and report what they claim."""
+
+import importlib.util
+import pathlib
+
+from jaxlm.__main__ import main as demo_main
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_main_demo(capsys):
+    demo_main(["--num-fits", "300"])
+    out = capsys.readouterr().out
+    assert "300 noisy 2-D Gaussian spots" in out
+    assert "fits/s" in out
+    assert "converged: 100.00%" in out
+    for name in ("amplitude", "x0", "y0", "width", "offset"):
+        assert name in out
+
+
+def test_decay_curves_example(capsys):
+    spec = importlib.util.spec_from_file_location("decay_curves", EXAMPLES / "decay_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+    out = capsys.readouterr().out
+    assert "999 of 1000 converged" in out
+    assert "NaN" in out  # the corrupted curve explains itself

@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 from jaxlm.__main__ import main as demo_main
 
@@ -26,3 +27,11 @@ def test_decay_curves_example(capsys):
     out = capsys.readouterr().out
     assert "999 of 1000 converged" in out
     assert "NaN" in out  # the corrupted curve explains itself
+
+
+def test_readme_usage_runs():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert blocks, "README.md has no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -1,5 +1,10 @@
 """jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
 
+from ._implicit import (
+    AbstractAdjoint as AbstractAdjoint,
+    ImplicitAdjoint as ImplicitAdjoint,
+    UnrolledAdjoint as UnrolledAdjoint,
+)
 from ._least_squares import least_squares as least_squares
 from ._loop import AbstractSolver as AbstractSolver
 from ._solution import Solution as Solution, Status as Status

@@ -10,6 +10,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, PyTree
 
+from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
 from ._solution import SUCCESS_CODES, Solution, Status
 from ._solver import LevenbergMarquardt
@@ -24,6 +25,7 @@ def least_squares(
     max_steps: int = 1000,
     jac: Callable[..., Any] | None = None,
     throw: bool = False,
+    adjoint: AbstractAdjoint | None = None,
 ) -> Solution:
     """Minimise ½‖fun(params, *args)‖² over `params`, starting from `x0`.
 
@@ -43,6 +45,10 @@ def least_squares(
         throw: raise an error (also under `jit`) when the solve did not converge. By default
             failure is reported in `Solution.status` and `Solution.success`, so that one bad
             fit in a batch does not stop the others.
+        adjoint: how derivatives of the solution with respect to `args` (and to arrays that
+            `fun` closes over) are computed: `None` means `jaxlm.ImplicitAdjoint()`, the
+            implicit function theorem at the solution with the exact Hessian;
+            `jaxlm.UnrolledAdjoint()` differentiates through the iterations instead.
 
     Returns:
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
@@ -63,8 +69,14 @@ def least_squares(
             f"args must be a tuple of extra arguments for fun, got {type(args).__name__}; "
             "for a single argument write args=(value,)."
         )
+    if adjoint is None:
+        adjoint = ImplicitAdjoint()
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(
+            f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
+        )
     x0 = _as_float_params(x0)
-    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw)
+    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw, adjoint)
 
 
 def _as_float_params(x0):
@@ -81,7 +93,7 @@ def _as_float_params(x0):
             )
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             leaf = leaf.astype(jnp.result_type(float))
-        if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
+        if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError("x0 contains NaN or inf: start from finite values.")
         return leaf
 
@@ -99,7 +111,7 @@ def _check_residuals(fun, params, args):
 
 
 @eqx.filter_jit
-def _least_squares(fun, x0, args, solver, max_steps, jac, throw) -> Solution:
+def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Solution:
     x_flat, unravel = ravel_pytree(x0)
     dtype = x_flat.dtype
     out = _check_residuals(fun, x0, args)
@@ -117,20 +129,35 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw) -> Solution:
         raise ValueError("fun returned no residuals (an empty array): check the data passed in args.")
     num_residuals, num_params = out.size, x_flat.size
 
-    def residual(x):
+    # Arrays that fun or jac close over (tracers of an outer jax.grad, say) become explicit
+    # inputs, so that derivatives with respect to them flow through the adjoint like args.
+    fun = eqx.filter_closure_convert(fun, x0, *args)
+    if jac is not None:
+        jac = eqx.filter_closure_convert(jac, x0, *args)
+    inputs = (fun, jac, args, x0, solver)
+
+    def residual(x, inputs):
+        fun, _, args, _, _ = inputs
         return jnp.ravel(fun(unravel(x), *args))
 
-    if jac is None:
-        jacobian = jax.jacfwd(residual) if num_residuals >= num_params else jax.jacrev(residual)
-    else:
-        jacobian = _user_jacobian(jac, unravel, args, x0, out.shape, dtype)
+    def primal(inputs, loop_kind):
+        _, jac, args, x0, solver = inputs
+        problem_residual = lambda x: residual(x, inputs)
+        if jac is None:
+            autodiff = jax.jacfwd if num_residuals >= num_params else jax.jacrev
+            jacobian = autodiff(problem_residual)
+        else:
+            jacobian = _user_jacobian(jac, unravel, args, x0, out.shape, dtype)
+        problem = Problem(problem_residual, jacobian)
+        state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
+        return state.x, state.residual, state.cost, state, num_steps
 
-    state, num_steps = run(solver, Problem(residual, jacobian), x_flat, max_steps)
+    x, r, cost, state, num_steps = adjoint.apply(primal, residual, inputs)
     success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
     solution = Solution(
-        params=unravel(state.x),
-        cost=state.cost,
-        residual=state.residual.reshape(out.shape),
+        params=unravel(x),
+        cost=cost,
+        residual=r.reshape(out.shape),
         grad_norm=jnp.max(jnp.abs(state.grad)),
         num_steps=num_steps,
         num_fev=state.num_fev,

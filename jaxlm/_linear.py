@@ -29,7 +29,7 @@ def solve_damped_normal_equations(
     residual: Float[Array, " m"],
 ) -> Float[Array, " n"]:
     """The step h solving (JᵀJ + diag(damping)) h = −grad, where grad = Jᵀr."""
-    return _solve(jtj, grad, damping, jac, residual)
+    return _differentiable_solve(jtj, grad, damping, jac, residual)
 
 
 def _equilibration(jtj, damping):
@@ -98,6 +98,24 @@ def _solve(jtj, grad, damping, jac, residual):
         lambda: _augmented_lstsq_solve(jtj, grad, damping, jac, residual),
         lambda: step,
     )
+
+
+@jax.custom_jvp
+def _differentiable_solve(jtj, grad, damping, jac, residual):
+    return _solve(jtj, grad, damping, jac, residual)
+
+
+@_differentiable_solve.defjvp
+def _differentiable_solve_jvp(primals, tangents):
+    # JAX cannot transpose the batching rule's code path, so differentiating through the
+    # iterations (UnrolledAdjoint) uses the derivative of the solution of A h = −g instead:
+    # ḣ = −A⁻¹(Ȧ h + ġ), A = JᵀJ + diag(d), with a plain (transposable) dense solve.
+    jtj, _, damping, _, _ = primals
+    tangent_jtj, tangent_grad, tangent_damping, _, _ = tangents
+    step = _solve(*primals)
+    matrix = jtj + jnp.diag(damping)
+    rhs = tangent_jtj @ step + tangent_damping * step + tangent_grad
+    return step, -jnp.linalg.solve(matrix, rhs)
 
 
 @_solve.def_vmap

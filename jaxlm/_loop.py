@@ -14,6 +14,7 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PyTree
@@ -42,8 +43,15 @@ def _set_status(state, status):
     return eqx.tree_at(lambda s: s.status, state, status)
 
 
-def run(solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int) -> tuple[PyTree, Int[Array, ""]]:
-    """Solve from `x0`; returns the final solver state and the number of steps taken."""
+def run(
+    solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int, loop_kind: str = "lax"
+) -> tuple[PyTree, Int[Array, ""]]:
+    """Solve from `x0`; returns the final solver state and the number of steps taken.
+
+    `loop_kind` is "lax" (`lax.while_loop`: forward-mode differentiable only, the default) or
+    "bounded" (Equinox's bounded loop of `max_steps` iterations, which reverse mode can
+    differentiate through: used by `UnrolledAdjoint`).
+    """
     state = solver.init(problem, x0)
     start_is_finite = jnp.isfinite(state.cost) & jnp.all(jnp.isfinite(state.grad))
     state = _set_status(state, jnp.where(start_is_finite, state.status, Status.NONFINITE_START))
@@ -60,4 +68,7 @@ def run(solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int) -> 
         status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
         return _set_status(state, status), num_steps
 
-    return lax.while_loop(not_done, body, (state, jnp.array(0, jnp.int32)))
+    init = (state, jnp.array(0, jnp.int32))
+    if loop_kind == "lax":
+        return lax.while_loop(not_done, body, init)
+    return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)

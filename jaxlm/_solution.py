@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     NONFINITE_START = 4
     NONFINITE_JACOBIAN = 5
     NO_DESCENT = 6
+    DERIVATIVE_REGULARISED = 7
 
     @property
     def message(self) -> str:
@@ -25,7 +26,12 @@ class Status(enum.IntEnum):
 
     @property
     def success(self) -> bool:
-        return self in (Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL)
+        return self in (
+            Status.CONVERGED_GTOL,
+            Status.CONVERGED_XTOL,
+            Status.CONVERGED_FTOL,
+            Status.DERIVATIVE_REGULARISED,
+        )
 
 
 _MESSAGES = {
@@ -51,6 +57,12 @@ _MESSAGES = {
     Status.NO_DESCENT: (
         "No step could reduce the cost: the damping grew without bound. The model may be "
         "non-smooth or overflow near this point; check the model and its derivatives."
+    ),
+    Status.DERIVATIVE_REGULARISED: (
+        "Converged, but the Hessian of the cost at the solution is singular or indefinite, so "
+        "the implicit derivative used its pseudo-inverse (the minimum-norm tangent). Set only "
+        "when the solution is differentiated. Check that every parameter is identifiable "
+        "(no redundant parameters), or use adjoint=jaxlm.UnrolledAdjoint()."
     ),
 }
 

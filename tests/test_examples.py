@@ -35,8 +35,10 @@ def test_readme_usage_runs():
     readme = (EXAMPLES.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     assert blocks, "README.md has no Python example"
+    namespace = {}  # later blocks continue earlier ones, as a reader would run them
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["sensitivity"].shape == namespace["y"].shape
 
 
 def _load_example(name):

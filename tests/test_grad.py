@@ -244,3 +244,19 @@ def test_vmap_of_grad_and_grad_of_vmap_agree_with_one_by_one():
         np.testing.assert_allclose(per_fit[i], single, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(summed[i], single, rtol=1e-9, atol=1e-12)
     assert not bool(jax.vmap(lambda y: jaxlm.least_squares(exponential_growth, X0, (T, y)).success)(ys)[3])
+
+
+def test_indefinite_hessian_at_a_saddle_is_reported():
+    """Started on the line x1 = 0, the solve stops at the saddle (θ, 0) of ½((x0 − θ)² + (x1² − 1)²)."""
+
+    def saddle(x, theta):
+        return jnp.stack([x[0] - theta, x[1] ** 2 - 1])
+
+    def solve(theta):
+        return jaxlm.least_squares(saddle, jnp.array([1.0, 0.0]), (theta,))
+
+    solution, tangent = jax.jvp(solve, (jnp.asarray(0.3),), (jnp.asarray(1.0),))
+    np.testing.assert_allclose(solution.params, [0.3, 0.0], atol=1e-10)
+    np.testing.assert_allclose(tangent.params, [1.0, 0.0], atol=1e-10)  # H = diag(1, −2) is invertible
+    assert int(solution.status) == jaxlm.Status.DERIVATIVE_REGULARISED
+    np.testing.assert_allclose(jax.grad(lambda th: solve(th).params[0])(0.3), 1.0, atol=1e-10)

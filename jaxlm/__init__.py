@@ -7,7 +7,15 @@ from ._implicit import (
 )
 from ._least_squares import least_squares as least_squares
 from ._loop import AbstractSolver as AbstractSolver
+from ._minimize import minimize as minimize
+from ._multistart import multistart as multistart
 from ._solution import Solution as Solution, Status as Status
-from ._solver import LevenbergMarquardt as LevenbergMarquardt
+from ._solver import (
+    DampedNewton as DampedNewton,
+    GaussNewton as GaussNewton,
+    HybridLMQN as HybridLMQN,
+    LevenbergMarquardt as LevenbergMarquardt,
+    NewtonRaphson as NewtonRaphson,
+)
 
 __version__ = "0.1.0"

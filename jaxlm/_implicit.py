@@ -39,17 +39,18 @@ from jaxtyping import Array, Float
 
 from ._solution import SUCCESS_CODES, Status
 
-# A solve as the adjoints see it: `primal(inputs)` runs the solver with the given loop kind
-# and returns (x, residual, cost, state, num_steps); `residual(x, inputs)` is the flat residual.
+# A solve as the adjoints see it: `primal(inputs, loop_kind)` runs the solver and returns
+# (x, residual, cost, state, num_steps); `evaluate(x, inputs)` returns (cost, flat residual),
+# the residual being empty for a scalar cost (`minimize`).
 PrimalFn = Callable[[Any, str], tuple]
-ResidualFn = Callable[[Float[Array, " n"], Any], Float[Array, " m"]]
+EvaluateFn = Callable[[Float[Array, " n"], Any], tuple[Float[Array, ""], Float[Array, " m"]]]
 
 
 class AbstractAdjoint(eqx.Module):
     """How derivatives of a solution with respect to `args` are computed."""
 
     @abc.abstractmethod
-    def apply(self, primal: PrimalFn, residual: ResidualFn, inputs: Any) -> tuple: ...
+    def apply(self, primal: PrimalFn, evaluate: EvaluateFn, inputs: Any) -> tuple: ...
 
 
 class ImplicitAdjoint(AbstractAdjoint):
@@ -71,8 +72,8 @@ class ImplicitAdjoint(AbstractAdjoint):
         if self.hessian not in ("exact", "gauss_newton"):
             raise ValueError(f"hessian must be 'exact' or 'gauss_newton', got {self.hessian!r}.")
 
-    def apply(self, primal, residual, inputs):
-        return _implicit_solve(inputs, primal=primal, residual=residual, hessian=self.hessian)
+    def apply(self, primal, evaluate, inputs):
+        return _implicit_solve(inputs, primal=primal, evaluate=evaluate, hessian=self.hessian)
 
 
 class UnrolledAdjoint(AbstractAdjoint):
@@ -85,18 +86,18 @@ class UnrolledAdjoint(AbstractAdjoint):
     it no larger than the fit needs.
     """
 
-    def apply(self, primal, residual, inputs):
-        del residual
+    def apply(self, primal, evaluate, inputs):
+        del evaluate
         return primal(inputs, "bounded")
 
 
 @eqx.filter_custom_jvp
-def _implicit_solve(inputs, *, primal, residual, hessian):
+def _implicit_solve(inputs, *, primal, evaluate, hessian):
     return primal(inputs, "lax")
 
 
 @_implicit_solve.def_jvp
-def _implicit_solve_jvp(primals, tangents, *, primal, residual, hessian):
+def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
     (inputs,) = primals
     (tangent_inputs,) = tangents
     x, r, cost, state, num_steps = primal(inputs, "lax")
@@ -105,17 +106,21 @@ def _implicit_solve_jvp(primals, tangents, *, primal, residual, hessian):
     differentiated = jtu.tree_map(lambda t: t is not None, tangent_inputs, is_leaf=lambda t: t is None)
     diff_inputs, other_inputs = eqx.partition(inputs, differentiated)
 
-    def residual_of(x, diff_inputs):
-        return residual(x, eqx.combine(diff_inputs, other_inputs))
+    def evaluate_at(x, diff_inputs):
+        return evaluate(x, eqx.combine(diff_inputs, other_inputs))
 
     def gradient(x, diff_inputs):
-        r, pullback = jax.vjp(lambda x: residual_of(x, diff_inputs), x)
-        return pullback(r)[0]
+        return jax.grad(lambda x: evaluate_at(x, diff_inputs)[0])(x)
 
     if hessian == "exact":
         matrix = jax.jacfwd(gradient)(x, diff_inputs)
     else:
-        jac = jax.jacfwd(residual_of)(x, diff_inputs)
+        if r.size == 0:
+            raise ValueError(
+                "ImplicitAdjoint(hessian='gauss_newton') needs residuals; with jaxlm.minimize use "
+                "ImplicitAdjoint() (the exact Hessian)."
+            )
+        jac = jax.jacfwd(lambda x: evaluate_at(x, diff_inputs)[1])(x)
         matrix = jac.T @ jac
     matrix = 0.5 * (matrix + matrix.T)
     eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
@@ -123,11 +128,10 @@ def _implicit_solve_jvp(primals, tangents, *, primal, residual, hessian):
     kept = jnp.abs(eigenvalues) > cutoff
     inverse_eigenvalues = jnp.where(kept, 1 / jnp.where(kept, eigenvalues, 1), 0)
 
-    # H ẋ = −∂θ∇ₓF · θ̇, then ṙ = J ẋ + ∂θr · θ̇ and ċost = rᵀṙ.
+    # H ẋ = −∂θ∇ₓF · θ̇, then the tangents of the cost and the residuals at (x*, θ) follow.
     _, mixed = jax.jvp(lambda d: gradient(x, d), (diff_inputs,), (tangent_inputs,))
     tangent_x = -(eigenvectors @ (inverse_eigenvalues * (eigenvectors.T @ mixed)))
-    _, tangent_r = jax.jvp(residual_of, (x, diff_inputs), (tangent_x, tangent_inputs))
-    tangent_cost = jnp.dot(r, tangent_r)
+    _, (tangent_cost, tangent_r) = jax.jvp(evaluate_at, (x, diff_inputs), (tangent_x, tangent_inputs))
 
     regularised = ~jnp.all(kept) | (jnp.min(eigenvalues) < 0)
     converged = jnp.isin(state.status, jnp.array(SUCCESS_CODES))

@@ -12,7 +12,7 @@ from jaxtyping import ArrayLike, PyTree
 
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
-from ._solution import SUCCESS_CODES, Solution, Status
+from ._solution import Solution, make_solution
 from ._solver import LevenbergMarquardt
 
 
@@ -75,11 +75,11 @@ def least_squares(
         raise TypeError(
             f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
         )
-    x0 = _as_float_params(x0)
+    x0 = as_float_params(x0)
     return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw, adjoint)
 
 
-def _as_float_params(x0):
+def as_float_params(x0):
     leaves = jax.tree.leaves(x0)
     if not leaves:
         raise ValueError("x0 has no parameters: pass an array or a pytree of arrays.")
@@ -140,6 +140,10 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Sol
         fun, _, args, _, _ = inputs
         return jnp.ravel(fun(unravel(x), *args))
 
+    def evaluate(x, inputs):
+        r = residual(x, inputs)
+        return 0.5 * jnp.sum(r**2), r
+
     def primal(inputs, loop_kind):
         _, jac, args, x0, solver = inputs
         problem_residual = lambda x: residual(x, inputs)
@@ -152,23 +156,8 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Sol
         state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
         return state.x, state.residual, state.cost, state, num_steps
 
-    x, r, cost, state, num_steps = adjoint.apply(primal, residual, inputs)
-    success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
-    solution = Solution(
-        params=unravel(x),
-        cost=cost,
-        residual=r.reshape(out.shape),
-        grad_norm=jnp.max(jnp.abs(state.grad)),
-        num_steps=num_steps,
-        num_fev=state.num_fev,
-        num_jev=state.num_jev,
-        status=state.status,
-        success=success,
-    )
-    if throw:
-        messages = [f"jaxlm.least_squares failed: {Status(i).message}" for i in range(len(Status) - 1)]
-        solution = eqx.branched_error_if(solution, ~success, state.status, messages)
-    return solution
+    x, r, cost, state, num_steps = adjoint.apply(primal, evaluate, inputs)
+    return make_solution(unravel(x), cost, r.reshape(out.shape), state, num_steps, throw, "least_squares")
 
 
 def _user_jacobian(jac, unravel, args, x0, residual_shape, dtype):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import equinox.internal as eqxi
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PyTree
@@ -23,10 +24,45 @@ from ._solution import Status
 
 
 class Problem(eqx.Module):
-    """A least-squares problem on a flat parameter vector: what the solvers see."""
+    """A problem on a flat parameter vector: what the solvers see.
 
-    residual: Callable[[Float[Array, " n"]], Float[Array, " m"]]
-    jacobian: Callable[[Float[Array, " n"]], Float[Array, "m n"]]
+    `least_squares` gives the residuals and their Jacobian (the cost is F = ½‖r‖²); `minimize`
+    gives only a scalar cost, which the Newton-type solvers can work with.
+    """
+
+    residual: Callable[[Float[Array, " n"]], Float[Array, " m"]] | None
+    jacobian: Callable[[Float[Array, " n"]], Float[Array, "m n"]] | None
+    scalar_cost: Callable[[Float[Array, " n"]], Float[Array, ""]] | None = None
+
+    @property
+    def has_residuals(self) -> bool:
+        return self.residual is not None
+
+    def cost(self, x: Float[Array, " n"]) -> Float[Array, ""]:
+        """F(x): ½‖r(x)‖², or the scalar cost of `minimize`."""
+        return self.evaluate(x)[0]
+
+    def evaluate(self, x: Float[Array, " n"]) -> tuple[Float[Array, ""], Float[Array, " m"]]:
+        """(F(x), r(x)); the residuals are an empty array for a scalar cost."""
+        if self.residual is None:
+            return self.scalar_cost(x), jnp.zeros((0,), x.dtype)
+        residual = self.residual(x)
+        return 0.5 * jnp.sum(residual**2), residual
+
+    def gradient(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        """∇F(x) (for least squares Jᵀr), by reverse-mode differentiation."""
+        return jax.grad(self.cost)(x)
+
+    def hessian(self, x: Float[Array, " n"]) -> Float[Array, "n n"]:
+        """The exact Hessian ∇²F(x) (for least squares JᵀJ + Σ rᵢ∇²rᵢ), forward over reverse."""
+        return jax.jacfwd(self.gradient)(x)
+
+    def require_residuals(self, solver_name: str) -> None:
+        if self.residual is None:
+            raise ValueError(
+                f"{solver_name} needs residuals: call jaxlm.least_squares(fun, ...) with a residual "
+                "function, or use a Newton-type solver (NewtonRaphson, DampedNewton) with jaxlm.minimize."
+            )
 
 
 class AbstractSolver(eqx.Module):

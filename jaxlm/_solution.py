@@ -3,6 +3,7 @@
 import enum
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
@@ -19,6 +20,7 @@ class Status(enum.IntEnum):
     NONFINITE_JACOBIAN = 5
     NO_DESCENT = 6
     DERIVATIVE_REGULARISED = 7
+    SINGULAR_HESSIAN = 8
 
     @property
     def message(self) -> str:
@@ -55,14 +57,21 @@ _MESSAGES = {
         "add bounds, or supply jac."
     ),
     Status.NO_DESCENT: (
-        "No step could reduce the cost: the damping grew without bound. The model may be "
-        "non-smooth or overflow near this point; check the model and its derivatives."
+        "No step could reduce the cost: the damping grew without bound, or (for the undamped "
+        "GaussNewton and NewtonRaphson) a step led to non-finite values. The model may be "
+        "non-smooth or overflow near this point; check the model and its derivatives, or use a "
+        "damped solver (LevenbergMarquardt, DampedNewton, GaussNewton(backtracking=True))."
     ),
     Status.DERIVATIVE_REGULARISED: (
         "Converged, but the Hessian of the cost at the solution is singular or indefinite, so "
         "the implicit derivative used its pseudo-inverse (the minimum-norm tangent). Set only "
         "when the solution is differentiated. Check that every parameter is identifiable "
         "(no redundant parameters), or use adjoint=jaxlm.UnrolledAdjoint()."
+    ),
+    Status.SINGULAR_HESSIAN: (
+        "The Hessian is singular, so the Newton step is not defined: NewtonRaphson cannot go on "
+        "from this point. Use DampedNewton or LevenbergMarquardt, which damp the step, or check "
+        "that every parameter is identifiable."
     ),
 }
 
@@ -116,3 +125,23 @@ class Solution(eqx.Module):
             f"num_steps={int(self.num_steps)}, num_fev={int(self.num_fev)}, "
             f"num_jev={int(self.num_jev)},\n  params={self.params})"
         )
+
+
+def make_solution(params, cost, residual, state, num_steps, throw: bool, caller: str) -> Solution:
+    """The `Solution` of a finished solve; with `throw`, an error (also under jit) if it failed."""
+    success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
+    solution = Solution(
+        params=params,
+        cost=cost,
+        residual=residual,
+        grad_norm=jnp.max(jnp.abs(state.grad)),
+        num_steps=num_steps,
+        num_fev=state.num_fev,
+        num_jev=state.num_jev,
+        status=state.status,
+        success=success,
+    )
+    if throw:
+        messages = [f"jaxlm.{caller} failed: {Status(i).message}" for i in range(len(Status) - 1)]
+        solution = eqx.branched_error_if(solution, ~success, state.status, messages)
+    return solution

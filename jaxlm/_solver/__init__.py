@@ -1,4 +1,8 @@
+from ._damped_newton import DampedNewton as DampedNewton, DampedNewtonState as DampedNewtonState
+from ._gauss_newton import GaussNewton as GaussNewton, GaussNewtonState as GaussNewtonState
+from ._hybrid import HybridLMQN as HybridLMQN, HybridState as HybridState
 from ._levenberg_marquardt import (
     LevenbergMarquardt as LevenbergMarquardt,
     LevenbergMarquardtState as LevenbergMarquardtState,
 )
+from ._newton_raphson import NewtonRaphson as NewtonRaphson, NewtonState as NewtonState

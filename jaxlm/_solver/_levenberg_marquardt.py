@@ -115,6 +115,7 @@ class LevenbergMarquardt(AbstractSolver):
             raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> LevenbergMarquardtState:
+        problem.require_residuals("LevenbergMarquardt")
         residual = problem.residual(x0)
         jac = problem.jacobian(x0)
         jtj = jac.T @ jac

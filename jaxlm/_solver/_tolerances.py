@@ -2,6 +2,8 @@
 
 import jax.numpy as jnp
 
+from .._solution import Status
+
 # float64 stops close to machine precision; float32 stops where rounding noise in the cost
 # (a few eps relative) would otherwise keep rejecting steps until max_steps. gtol defaults to 0
 # as in MINPACK: ‖g‖∞ has the units of the problem, so any fixed threshold would stop problems
@@ -17,3 +19,33 @@ _DEFAULTS = {
 def resolve_tolerance(name: str, value: float | None, dtype) -> float:
     """`value` if it was given, else the default for `dtype`."""
     return _DEFAULTS[jnp.dtype(dtype)][name] if value is None else value
+
+
+def convergence_status(
+    *, grad, step_norm, x_norm, cost, actual_reduction, predicted_reduction, ftol, xtol, gtol, dtype
+):
+    """The shared stopping tests of the Newton-type solvers, as a `Status` value.
+
+    ‖g‖∞ ≤ gtol; ‖h‖ ≤ xtol·(‖x‖ + xtol); or both the actual and the predicted reduction of the
+    cost at most ftol·|F| (MINPACK's test; |F| so that it also serves a scalar cost that can be
+    negative). `None` tolerances take the defaults of `dtype`.
+    """
+    ftol = resolve_tolerance("ftol", ftol, dtype)
+    xtol = resolve_tolerance("xtol", xtol, dtype)
+    gtol = resolve_tolerance("gtol", gtol, dtype)
+    scale = jnp.abs(cost)
+    return jnp.select(
+        [
+            jnp.max(jnp.abs(grad)) <= gtol,
+            step_norm <= xtol * (x_norm + xtol),
+            (jnp.abs(actual_reduction) <= ftol * scale) & (jnp.abs(predicted_reduction) <= ftol * scale),
+        ],
+        [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL],
+        Status.RUNNING,
+    ).astype(jnp.int32)
+
+
+def initial_status(grad, gtol, dtype):
+    """`CONVERGED_GTOL` if the starting point already meets gtol, else `RUNNING`."""
+    gtol = resolve_tolerance("gtol", gtol, dtype)
+    return jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, Status.RUNNING).astype(jnp.int32)

@@ -1,0 +1,88 @@
+"""`minimize`: a scalar cost for the Newton-type solvers, with the same loop, Solution and adjoints."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import ArrayLike, PyTree
+
+from ._implicit import AbstractAdjoint, ImplicitAdjoint
+from ._least_squares import as_float_params
+from ._loop import AbstractSolver, Problem, run
+from ._solution import Solution, make_solution
+from ._solver import DampedNewton
+
+
+def minimize(
+    fun: Callable[..., ArrayLike],
+    x0: PyTree[ArrayLike],
+    args: tuple = (),
+    *,
+    solver: AbstractSolver | None = None,
+    max_steps: int = 1000,
+    throw: bool = False,
+    adjoint: AbstractAdjoint | None = None,
+) -> Solution:
+    """Minimise a scalar cost `fun(params, *args)` with a Newton-type solver.
+
+    For costs written as users write them (a mean squared error, a negative log-likelihood);
+    the gradient and the exact Hessian come from JAX. `solver=None` means
+    `jaxlm.DampedNewton()`; `jaxlm.NewtonRaphson()` also works. The solvers that need residuals
+    (Levenberg–Marquardt, Gauss–Newton, the hybrid) belong to `least_squares`.
+
+    Returns a `jaxlm.Solution` whose `cost` is `fun` at the solution and whose `residual` is an
+    empty array. Everything else is as in `least_squares`: one jitted `lax.while_loop`, `vmap`,
+    per-fit status, `throw`, and gradients with respect to `args` through `adjoint`.
+    """
+    if solver is None:
+        solver = DampedNewton()
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a jaxlm solver such as jaxlm.DampedNewton(), got {solver!r}.")
+    if not callable(fun):
+        raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple of extra arguments for fun, got {type(args).__name__}.")
+    if adjoint is None:
+        adjoint = ImplicitAdjoint()
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(
+            f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
+        )
+    return _minimize(fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint)
+
+
+@eqx.filter_jit
+def _minimize(fun, x0, args, solver, max_steps, throw, adjoint) -> Solution:
+    x_flat, unravel = ravel_pytree(x0)
+    out = jax.eval_shape(lambda p: fun(p, *args), x0)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", jax.tree.structure(out))
+        raise TypeError(
+            f"fun must return a scalar cost, got {shape}; for residuals use jaxlm.least_squares, "
+            "or reduce them, e.g. jnp.sum(r**2)."
+        )
+    if out.dtype != x_flat.dtype:
+        raise TypeError(
+            f"fun returned a cost of dtype {out.dtype} for parameters of dtype {x_flat.dtype}: use one dtype."
+        )
+
+    fun = eqx.filter_closure_convert(fun, x0, *args)
+    inputs = (fun, args, x0, solver)
+
+    def evaluate(x, inputs):
+        fun, args, _, _ = inputs
+        return fun(unravel(x), *args), jnp.zeros((0,), x.dtype)
+
+    def primal(inputs, loop_kind):
+        _, _, x0, solver = inputs
+        problem = Problem(None, None, scalar_cost=lambda x: evaluate(x, inputs)[0])
+        state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
+        return state.x, state.residual, state.cost, state, num_steps
+
+    x, r, cost, state, num_steps = adjoint.apply(primal, evaluate, inputs)
+    return make_solution(unravel(x), cost, r, state, num_steps, throw, "minimize")

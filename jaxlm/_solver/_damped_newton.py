@@ -95,10 +95,12 @@ class DampedNewton(AbstractSolver):
         mu, nu = state.damping, state.damping_growth
         n = state.x.shape[0]
 
-        factor = jnp.linalg.cholesky(state.hessian + mu * jnp.eye(n, dtype=dtype))
-        positive_definite = jnp.all(jnp.isfinite(factor))
-        safe_factor = jnp.where(positive_definite, factor, jnp.eye(n, dtype=dtype))
-        step = -_cholesky_solve(safe_factor, state.grad)
+        matrix = state.hessian + mu * jnp.eye(n, dtype=dtype)
+        positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(lax.stop_gradient(matrix))))
+        # Factor a harmless matrix when H + μI is indefinite, so that differentiating through the
+        # iterations (UnrolledAdjoint) never meets the NaN of a failed factorisation.
+        factor = jnp.linalg.cholesky(jnp.where(positive_definite, matrix, jnp.eye(n, dtype=dtype)))
+        step = -_cholesky_solve(factor, state.grad)
         x_trial = state.x + step
         cost_trial, residual_trial = problem.evaluate(x_trial)
         actual_reduction = state.cost - cost_trial

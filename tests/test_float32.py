@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from registry import SOLVERS, exponential_decay
 from test_vmap import _batch, _fit
 
 import jaxlm
@@ -37,3 +39,14 @@ def test_gaussian_spots_in_float32():
     standard_error = jnp.sqrt(jax.vmap(jnp.diagonal)(covariance))
     error_in_sigmas = jnp.abs(solution.params - reference.params) / standard_error
     assert float(jnp.max(error_in_sigmas)) < 0.05
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_every_solver_converges_in_float32(solver_name):
+    solver = SOLVERS[solver_name]
+    t, y, starts = _batch(16, jnp.float32)
+    fit = jax.jit(jax.vmap(lambda x0, y: jaxlm.least_squares(exponential_decay, x0, (t, y), solver=solver)))
+    solution = fit(starts, y)
+    assert solution.params.dtype == jnp.float32
+    assert bool(jnp.all(solution.success)), np.unique(np.asarray(solution.status))
+    assert int(jnp.max(solution.num_steps)) < 200

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from registry import PROBLEMS
+from registry import PROBLEMS, SOLVERS
 
 import jaxlm
 
@@ -55,3 +55,15 @@ def test_throw_inside_user_jit():
 
     with pytest.raises(Exception, match="max_steps"):
         jax.block_until_ready(fit(problem.x0, *problem.args))
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_every_solver_is_one_while_loop_and_matches_under_jit(solver_name):
+    problem = PROBLEMS["exponential_decay"]
+    solver = SOLVERS[solver_name]
+
+    def fit(x0):
+        return jaxlm.least_squares(problem.fun, x0, problem.args, solver=solver)
+
+    assert str(jax.make_jaxpr(fit)(problem.x0)).count("while[") == 1
+    np.testing.assert_array_equal(jax.jit(fit)(problem.x0).params, fit(problem.x0).params)

@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from registry import exponential_decay
+import pytest
+from registry import SOLVERS, exponential_decay
 
 import jaxlm
 
@@ -71,3 +72,20 @@ def test_nested_vmap():
     batch = nested(starts.reshape(2, 3, 2), t, y.reshape(2, 3, -1))
     assert batch.params.shape == (2, 3, 2)
     np.testing.assert_allclose(batch.params.reshape(6, 2), fit_batch(starts, t, y).params, rtol=1e-9)
+
+
+@pytest.mark.parametrize("solver_name", list(SOLVERS))
+def test_every_solver_batches_and_fails_alone(solver_name):
+    solver = SOLVERS[solver_name]
+    t, y, starts = _batch(6)
+    y = y.at[2, 5].set(jnp.nan)
+
+    def fit(x0, y):
+        return jaxlm.least_squares(exponential_decay, x0, (t, y), solver=solver)
+
+    batch = jax.jit(jax.vmap(fit))(starts, y)
+    assert int(batch.status[2]) == jaxlm.Status.NONFINITE_START
+    for i in (0, 1, 3, 4, 5):
+        single = fit(starts[i], y[i])
+        assert bool(batch.success[i]) and int(batch.status[i]) == int(single.status)
+        np.testing.assert_allclose(batch.params[i], single.params, rtol=1e-9)

@@ -17,5 +17,6 @@ from ._solver import (
     LevenbergMarquardt as LevenbergMarquardt,
     NewtonRaphson as NewtonRaphson,
 )
+from ._stepwise import AskTell as AskTell, Request as Request, Stepper as Stepper
 
 __version__ = "0.1.0"

@@ -110,10 +110,9 @@ def _check_residuals(fun, params, args):
     return out
 
 
-@eqx.filter_jit
-def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Solution:
-    x_flat, unravel = ravel_pytree(x0)
-    dtype = x_flat.dtype
+def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of fun's residuals, with an error that says what to do if they are wrong."""
+    dtype = ravel_pytree(x0)[0].dtype
     out = _check_residuals(fun, x0, args)
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(
@@ -127,7 +126,27 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Sol
         )
     if out.size == 0:
         raise ValueError("fun returned no residuals (an empty array): check the data passed in args.")
-    num_residuals, num_params = out.size, x_flat.size
+    return out
+
+
+def build_problem(fun, jac, args, x0, residual_shape) -> Problem:
+    """The flat problem the solvers see: residuals and Jacobian as functions of a flat vector."""
+    x_flat, unravel = ravel_pytree(x0)
+
+    def residual(x):
+        return jnp.ravel(fun(unravel(x), *args))
+
+    if jac is None:
+        num_residuals = int(np.prod(residual_shape))
+        autodiff = jax.jacfwd if num_residuals >= x_flat.size else jax.jacrev
+        return Problem(residual, autodiff(residual))
+    return Problem(residual, _user_jacobian(jac, unravel, args, x0, residual_shape, x_flat.dtype))
+
+
+@eqx.filter_jit
+def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Solution:
+    out = check_residuals(fun, x0, args)
+    unravel = ravel_pytree(x0)[1]
 
     # Arrays that fun or jac close over (tracers of an outer jax.grad, say) become explicit
     # inputs, so that derivatives with respect to them flow through the adjoint like args.
@@ -136,23 +155,14 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Sol
         jac = eqx.filter_closure_convert(jac, x0, *args)
     inputs = (fun, jac, args, x0, solver)
 
-    def residual(x, inputs):
-        fun, _, args, _, _ = inputs
-        return jnp.ravel(fun(unravel(x), *args))
-
     def evaluate(x, inputs):
-        r = residual(x, inputs)
+        fun, _, args, _, _ = inputs
+        r = jnp.ravel(fun(unravel(x), *args))
         return 0.5 * jnp.sum(r**2), r
 
     def primal(inputs, loop_kind):
-        _, jac, args, x0, solver = inputs
-        problem_residual = lambda x: residual(x, inputs)
-        if jac is None:
-            autodiff = jax.jacfwd if num_residuals >= num_params else jax.jacrev
-            jacobian = autodiff(problem_residual)
-        else:
-            jacobian = _user_jacobian(jac, unravel, args, x0, out.shape, dtype)
-        problem = Problem(problem_residual, jacobian)
+        fun, jac, args, x0, solver = inputs
+        problem = build_problem(fun, jac, args, x0, out.shape)
         state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
         return state.x, state.residual, state.cost, state, num_steps
 

@@ -79,6 +79,22 @@ def _set_status(state, status):
     return eqx.tree_at(lambda s: s.status, state, status)
 
 
+def first_state(solver: AbstractSolver, problem: Problem, x0: Array) -> PyTree:
+    """The solver's state at `x0`, with status `NONFINITE_START` if it is not finite there."""
+    state = solver.init(problem, x0)
+    start_is_finite = jnp.isfinite(state.cost) & jnp.all(jnp.isfinite(state.grad))
+    return _set_status(state, jnp.where(start_is_finite, state.status, Status.NONFINITE_START))
+
+
+def next_state(solver: AbstractSolver, problem: Problem, state: PyTree, num_steps, max_steps: int):
+    """One step of the solver, then the checks every solver shares: non-finite values, max_steps."""
+    state = solver.step(problem, state)
+    num_steps = num_steps + 1
+    status = jnp.where(jnp.all(jnp.isfinite(state.grad)), state.status, Status.NONFINITE_JACOBIAN)
+    status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
+    return _set_status(state, status), num_steps
+
+
 def run(
     solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int, loop_kind: str = "lax"
 ) -> tuple[PyTree, Int[Array, ""]]:
@@ -88,23 +104,15 @@ def run(
     "bounded" (Equinox's bounded loop of `max_steps` iterations, which reverse mode can
     differentiate through: used by `UnrolledAdjoint`).
     """
-    state = solver.init(problem, x0)
-    start_is_finite = jnp.isfinite(state.cost) & jnp.all(jnp.isfinite(state.grad))
-    state = _set_status(state, jnp.where(start_is_finite, state.status, Status.NONFINITE_START))
 
     def not_done(carry):
         state, _ = carry
         return state.status == Status.RUNNING
 
     def body(carry):
-        state, num_steps = carry
-        state = solver.step(problem, state)
-        num_steps = num_steps + 1
-        status = jnp.where(jnp.all(jnp.isfinite(state.grad)), state.status, Status.NONFINITE_JACOBIAN)
-        status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
-        return _set_status(state, status), num_steps
+        return next_state(solver, problem, *carry, max_steps)
 
-    init = (state, jnp.array(0, jnp.int32))
+    init = (first_state(solver, problem, x0), jnp.array(0, jnp.int32))
     if loop_kind == "lax":
         return lax.while_loop(not_done, body, init)
     return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)

@@ -1,0 +1,227 @@
+"""Step-by-step use: drive a solve from Python (`Stepper`), or hand the solver residuals that JAX
+cannot compute itself (`AskTell`, reverse communication as in ALGLIB's optimisers).
+
+Both run the same solvers and the same driver checks (`first_state`, `next_state`) as
+`least_squares`; only who calls the loop differs.
+"""
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Int, PyTree
+
+from ._least_squares import as_float_params, build_problem, check_residuals
+from ._loop import AbstractSolver, Problem, first_state, next_state
+from ._solution import Solution, Status, make_solution
+from ._solver import GaussNewton, HybridLMQN, LevenbergMarquardt
+
+
+class StepperState(eqx.Module):
+    solver_state: PyTree
+    num_steps: Int[Array, ""]
+
+
+class Stepper:
+    """A least-squares solve driven one step at a time from Python.
+
+    Example:
+        >>> stepper = jaxlm.Stepper(residual, x0, args=(t, y))
+        >>> state = stepper.init()
+        >>> while not stepper.terminate(state):
+        ...     state = stepper.step(state)
+        ...     print(int(state.num_steps), float(state.solver_state.cost))
+        >>> solution = stepper.solution(state)
+
+    `init` and `step` are compiled once; the state is the solver's own (for LM it holds λ as
+    `damping`, the Jacobian, the gradient, ...), so a training loop can take one solver step
+    per training step, log anything, or stop early. The arguments are those of
+    `least_squares`.
+    """
+
+    def __init__(
+        self,
+        fun: Callable[..., ArrayLike],
+        x0: PyTree[ArrayLike],
+        args: tuple = (),
+        *,
+        solver: AbstractSolver | None = None,
+        jac: Callable[..., Any] | None = None,
+        max_steps: int = 1000,
+    ):
+        self._solver = LevenbergMarquardt() if solver is None else solver
+        self._x0 = as_float_params(x0)
+        self._args = args
+        self._max_steps = max_steps
+        self._shape = check_residuals(fun, self._x0, args).shape
+        self._problem = build_problem(fun, jac, args, self._x0, self._shape)
+        self._unravel = ravel_pytree(self._x0)[1]
+        self._init = jax.jit(lambda x: first_state(self._solver, self._problem, x))
+        self._step = jax.jit(lambda s, n: next_state(self._solver, self._problem, s, n, self._max_steps))
+
+    def init(self, x0: PyTree[ArrayLike] | None = None) -> StepperState:
+        """The state at `x0` (by default the `x0` given to the constructor)."""
+        x0 = self._x0 if x0 is None else as_float_params(x0)
+        return StepperState(self._init(ravel_pytree(x0)[0]), jnp.array(0, jnp.int32))
+
+    def step(self, state: StepperState) -> StepperState:
+        """One solver step (accepted or rejected), with the driver's checks and max_steps."""
+        return StepperState(*self._step(state.solver_state, state.num_steps))
+
+    def terminate(self, state: StepperState) -> bool:
+        """Whether the solve has stopped (converged or failed: see `solution(state).status`)."""
+        return bool(state.solver_state.status != Status.RUNNING)
+
+    def params(self, state: StepperState) -> PyTree:
+        return self._unravel(state.solver_state.x)
+
+    def solution(self, state: StepperState) -> Solution:
+        s = state.solver_state
+        return make_solution(
+            self._unravel(s.x), s.cost, s.residual.reshape(self._shape), s, state.num_steps, False, "Stepper"
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an `AskTell` solver needs next: the residuals (or the Jacobian) at `x`."""
+
+    x: np.ndarray
+    jacobian: bool  # False: tell(residuals); True: tell(jacobian=...)
+
+
+_ASK_TELL_SOLVERS = (LevenbergMarquardt, GaussNewton, HybridLMQN)
+
+
+class AskTell:
+    """Reverse communication: the solver asks for residuals at a point, you compute them anywhere.
+
+    For models that JAX cannot trace (an external simulator, a C library, an instrument):
+
+        >>> solver = jaxlm.AskTell(x0)                       # a flat array of parameters
+        >>> while not solver.done:
+        ...     request = solver.ask()                       # a jaxlm.Request
+        ...     if request.jacobian:
+        ...         solver.tell(jacobian=my_jacobian(request.x))
+        ...     else:
+        ...         solver.tell(my_model(request.x) - data)
+        >>> solution = solver.solution
+
+    With `jacobian="finite_differences"` (the default) the solver never asks for a Jacobian:
+    it asks for the residuals at x + hᵢeᵢ (forward differences, hᵢ = √eps·max(|xᵢ|, 1)) instead.
+    With `jacobian="tell"` it asks for the Jacobian, an (m, n) array, at each accepted point.
+
+    The solver runs eagerly in a background thread that waits for each answer, so the
+    residuals can come from anywhere and take any time. Supported solvers are those that work
+    from residuals and Jacobians alone: `LevenbergMarquardt` (without geodesic acceleration),
+    `GaussNewton` and `HybridLMQN`.
+    """
+
+    def __init__(
+        self,
+        x0: ArrayLike,
+        *,
+        solver: AbstractSolver | None = None,
+        max_steps: int = 1000,
+        jacobian: str = "finite_differences",
+    ):
+        solver = LevenbergMarquardt() if solver is None else solver
+        if not isinstance(solver, _ASK_TELL_SOLVERS) or getattr(solver, "geodesic_acceleration", None):
+            raise ValueError(
+                f"AskTell works with LevenbergMarquardt (without geodesic acceleration), GaussNewton and "
+                f"HybridLMQN, which need only residuals and Jacobians; got {solver!r}."
+            )
+        if jacobian not in ("finite_differences", "tell"):
+            raise ValueError(f"jacobian must be 'finite_differences' or 'tell', got {jacobian!r}.")
+        x0 = np.asarray(x0)
+        if x0.ndim != 1 or not np.issubdtype(x0.dtype, np.floating):
+            raise ValueError(
+                f"AskTell needs x0 as a 1-D float array, got shape {x0.shape}, dtype {x0.dtype}."
+            )
+        self._requests: queue.Queue = queue.Queue()
+        self._answers: queue.Queue = queue.Queue()
+        self._pending: Request | None = None
+        self._solution: Solution | None = None
+        self._tell_jacobian = jacobian == "tell"
+        self._thread = threading.Thread(
+            target=self._solve, args=(solver, jnp.asarray(x0), max_steps), daemon=True
+        )
+        self._thread.start()
+
+    # The user's side.
+
+    @property
+    def done(self) -> bool:
+        """Whether the solve has finished (then `solution` holds the result)."""
+        self._wait_for_request()
+        return self._solution is not None
+
+    def ask(self) -> Request:
+        """The next point where the solver needs residuals (or the Jacobian)."""
+        self._wait_for_request()
+        if self._solution is not None:
+            raise RuntimeError("The solve has finished: read AskTell.solution instead of asking.")
+        return self._pending
+
+    def tell(self, residuals: ArrayLike | None = None, *, jacobian: ArrayLike | None = None) -> None:
+        """Answer the pending request: residuals (a 1-D array), or the Jacobian if it asked for one."""
+        request = self.ask()
+        answer = jacobian if request.jacobian else residuals
+        if answer is None:
+            wanted = "the Jacobian: tell(jacobian=...)" if request.jacobian else "residuals: tell(residuals)"
+            raise ValueError(f"The pending request is for {wanted}.")
+        self._pending = None
+        self._answers.put(np.asarray(answer, dtype=request.x.dtype))
+
+    @property
+    def solution(self) -> Solution:
+        if not self.done:
+            raise RuntimeError("The solve has not finished: answer the requests from ask() first.")
+        return self._solution
+
+    def _wait_for_request(self):
+        if self._pending is None and self._solution is None:
+            kind, payload = self._requests.get()
+            if kind == "request":
+                self._pending = payload
+            elif kind == "error":
+                raise payload
+            else:
+                self._solution = payload
+
+    # The solver's side, in the background thread.
+
+    def _evaluate(self, x, jacobian: bool):
+        self._requests.put(("request", Request(np.asarray(x), jacobian)))
+        return jnp.asarray(self._answers.get())
+
+    def _residual(self, x):
+        return self._evaluate(x, jacobian=False)
+
+    def _jacobian(self, x):
+        if self._tell_jacobian:
+            return self._evaluate(x, jacobian=True)
+        residual = self._residual(x)  # the residuals at x are asked again: the solver does not cache
+        steps = jnp.sqrt(jnp.finfo(x.dtype).eps) * jnp.maximum(jnp.abs(x), 1)
+        columns = [(self._residual(x.at[i].add(steps[i])) - residual) / steps[i] for i in range(x.shape[0])]
+        return jnp.stack(columns, axis=1)
+
+    def _solve(self, solver, x0, max_steps):
+        try:
+            problem = Problem(self._residual, self._jacobian)
+            with jax.disable_jit():  # run eagerly, so that lax.cond calls only the branch it takes
+                state = first_state(solver, problem, x0)
+                num_steps = jnp.array(0, jnp.int32)
+                while int(state.status) == Status.RUNNING:
+                    state, num_steps = next_state(solver, problem, state, num_steps, max_steps)
+            solution = make_solution(state.x, state.cost, state.residual, state, num_steps, False, "AskTell")
+            self._requests.put(("done", solution))
+        except Exception as error:
+            self._requests.put(("error", error))

@@ -17,6 +17,7 @@ SOLVERS = {
     "lm_classic": jaxlm.LevenbergMarquardt(damping_rule="classic"),
     "lm_unscaled": jaxlm.LevenbergMarquardt(scaled=False),
     "lm_geodesic": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
+    "lm_trust_region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
     "gauss_newton": jaxlm.GaussNewton(),
     "gauss_newton_backtracking": jaxlm.GaussNewton(backtracking=True),
     "newton_raphson": jaxlm.NewtonRaphson(),
@@ -212,6 +213,8 @@ PROBLEMS = {
                 "minimum (F ≈ 0.644): the large-residual problem the hybrid is for"
                 for name in ("lm", "lm_classic", "lm_geodesic")
             },
+            "lm_trust_region": "stops at the local minimum F ≈ 0.644, exactly where scipy's MINPACK LM "
+            "(the same trust-region form) stops",
             "gauss_newton": "the undamped step sends the rates to a plateau (F = 22.86)",
             "gauss_newton_backtracking": "stops at the local minimum F ≈ 0.644 where scipy's LM stops too",
             "newton_raphson": "from this start the Newton iterates go to a stationary point at F = 22.86",

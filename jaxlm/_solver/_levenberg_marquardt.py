@@ -19,6 +19,13 @@ and D² the scaling (the running maximum of diag(JᵀJ), or the identity when un
     else:      μ ← μ·ν, ν ← 2ν                                                  (Nielsen)
                μ ← 10μ                                                          (classic)
 
+With `damping_rule="trust_region"` (J. J. Moré, "The Levenberg–Marquardt algorithm:
+implementation and theory", Numerical Analysis, LNM 630, 1978) μ is not updated directly: a
+radius Δ bounds the scaled step, ‖Dh‖ ≤ Δ, and μ is the root of the secular equation
+‖D h(μ)‖ = Δ (to 10%), found by Newton's method on 1/Δ − 1/‖D h(μ)‖ (μ ≈ 0 when the
+Gauss–Newton step is inside the region). Then Δ ← ½·min(Δ, ‖Dh‖) when ρ < 1/4 and
+Δ ← max(Δ, 2‖Dh‖) when ρ > 3/4; Δ₀ = 100·‖Dx₀‖, as in MINPACK.
+
 A trial point whose residuals are not finite has ρ = NaN and is rejected like any other.
 """
 
@@ -46,6 +53,7 @@ class LevenbergMarquardtState(eqx.Module):
     scale: Float[Array, " n"]  # D², the diagonal that multiplies μ
     damping: Float[Array, ""]  # μ
     damping_growth: Float[Array, ""]  # ν
+    radius: Float[Array, ""]  # Δ, used by the trust-region rule only
     step_norm: Float[Array, ""]
     accepted: Bool[Array, ""]
     status: Int[Array, ""]
@@ -65,8 +73,9 @@ class LevenbergMarquardt(AbstractSolver):
             `None` for any tolerance means a default chosen from the dtype of the parameters:
             1e-12, 1e-12, 0 in float64 and 1e-5, 1e-5, 0 in float32 (gtol = 0 as in MINPACK:
             ‖g‖∞ has the units of the problem, so only the user can choose it well).
-        damping_rule: "nielsen" (smooth update from the gain ratio, the default) or "classic"
-            (Marquardt's ×10 on a rejected step, ÷10 on an accepted one).
+        damping_rule: "nielsen" (smooth update from the gain ratio, the default), "classic"
+            (Marquardt's ×10 on a rejected step, ÷10 on an accepted one), or "trust_region"
+            (Moré's form: a radius Δ on ‖Dh‖ and μ solved for so that ‖Dh(μ)‖ ≈ Δ).
         scaled: damp with μ·D², D² the running maximum of diag(JᵀJ) (Marquardt's scaling, the
             default, which makes the method invariant to the units of each parameter), or
             with μ·I when False.
@@ -99,14 +108,16 @@ class LevenbergMarquardt(AbstractSolver):
     ftol: float | None = None
     xtol: float | None = None
     gtol: float | None = None
-    damping_rule: Literal["nielsen", "classic"] = eqx.field(default="nielsen", static=True)
+    damping_rule: Literal["nielsen", "classic", "trust_region"] = eqx.field(default="nielsen", static=True)
     scaled: bool = eqx.field(default=True, static=True)
     initial_damping: float = 1e-3
     geodesic_acceleration: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if self.damping_rule not in ("nielsen", "classic"):
-            raise ValueError(f"damping_rule must be 'nielsen' or 'classic', got {self.damping_rule!r}.")
+        if self.damping_rule not in ("nielsen", "classic", "trust_region"):
+            raise ValueError(
+                f"damping_rule must be 'nielsen', 'classic' or 'trust_region', got {self.damping_rule!r}."
+            )
         for name in ("ftol", "xtol", "gtol"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
@@ -139,6 +150,7 @@ class LevenbergMarquardt(AbstractSolver):
             scale=scale,
             damping=damping,
             damping_growth=jnp.asarray(2, x0.dtype),
+            radius=_initial_radius(x0, scale if self.scaled else jnp.ones_like(x0)),
             step_norm=jnp.asarray(jnp.inf, x0.dtype),
             accepted=jnp.array(True),
             status=jnp.asarray(status, jnp.int32),
@@ -149,6 +161,8 @@ class LevenbergMarquardt(AbstractSolver):
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         dtype = state.x.dtype
         mu, nu = state.damping, state.damping_growth
+        if self.damping_rule == "trust_region":
+            mu = _trust_region_damping(state, mu)
 
         damping_diagonal = mu * state.scale
         velocity = solve_damped_normal_equations(
@@ -183,12 +197,23 @@ class LevenbergMarquardt(AbstractSolver):
         gain_ratio = actual_reduction / predicted_reduction
         accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
 
+        radius = state.radius
         if self.damping_rule == "nielsen":
             mu_accepted = mu * jnp.maximum(1 / 3, 1 - (2 * gain_ratio - 1) ** 3)
             mu_rejected, nu_rejected = mu * nu, 2 * nu
-        else:
+        elif self.damping_rule == "classic":
             mu_accepted = mu / 10
             mu_rejected, nu_rejected = mu * 10, nu
+        else:  # the radius moves; μ is solved for at the next step, from this one as a start
+            scaled_step = jnp.linalg.norm(jnp.sqrt(state.scale) * step)
+            accepted = (gain_ratio > 1e-4) & acceleration_ok
+            radius = jnp.where(
+                ~(gain_ratio >= 0.25),  # also when the trial point was not finite (ρ = NaN)
+                0.5 * jnp.minimum(radius, scaled_step),
+                jnp.where(gain_ratio > 0.75, jnp.maximum(radius, 2 * scaled_step), radius),
+            )
+            mu_accepted = mu_rejected = mu
+            nu_rejected = nu
         mu = jnp.where(accepted, mu_accepted, mu_rejected)
         nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
 
@@ -217,7 +242,7 @@ class LevenbergMarquardt(AbstractSolver):
             & (gain_ratio <= 2)
         )
         status = jnp.select(
-            [gtol_met, xtol_met, ftol_met, ~jnp.isfinite(mu)],
+            [gtol_met, xtol_met, ftol_met, ~jnp.isfinite(mu) | ~jnp.isfinite(radius)],
             [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
             Status.RUNNING,
         ).astype(jnp.int32)
@@ -232,9 +257,58 @@ class LevenbergMarquardt(AbstractSolver):
             scale=scale,
             damping=mu.astype(dtype),
             damping_growth=nu,
+            radius=radius.astype(dtype),
             step_norm=step_norm,
             accepted=accepted,
             status=status,
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + accepted.astype(jnp.int32),
         )
+
+
+def _initial_radius(x0, scale):
+    """Δ₀ = 100·‖D x₀‖, or 100 when x₀ = 0 (MINPACK's factor)."""
+    norm = jnp.linalg.norm(jnp.sqrt(scale) * x0)
+    return jnp.where(norm > 0, 100 * norm, 100).astype(x0.dtype)
+
+
+SECULAR_ITERATIONS = 10
+SECULAR_TOLERANCE = 0.1
+
+
+def _trust_region_damping(state, mu_start):
+    """μ ≥ 0 with ‖D h(μ)‖ ≈ Δ, h(μ) = −(JᵀJ + μD²)⁻¹g (Moré 1978; Nocedal & Wright, Algorithm 4.3).
+
+    Newton's method on φ(μ) = 1/Δ − 1/‖Dh(μ)‖, which is nearly linear in μ,
+    μ ← μ + (‖Dh‖/Δ − 1)·‖Dh‖²/(D²h)ᵀ(JᵀJ + μD²)⁻¹(D²h), safeguarded as Moré does: μ stays in a
+    bracket [l, u] that starts at [ε·u, ‖D⁻¹g‖/Δ] and shrinks with every evaluation, and a Newton
+    step that leaves it is replaced by max(10⁻³u, √(lu)).
+    """
+    weight = jnp.sqrt(state.scale)
+
+    def scaled_norm(mu):
+        damping = mu * state.scale
+        h = solve_damped_normal_equations(state.jtj, state.grad, damping, state.jac, state.residual)
+        return jnp.linalg.norm(weight * h), h
+
+    upper = jnp.linalg.norm(state.grad / weight) / state.radius
+    # The Gauss–Newton end of the curve, approached from μ > 0 like every other point of it.
+    gauss_newton_mu = jnp.finfo(state.x.dtype).eps * upper
+    gauss_newton_fits = scaled_norm(gauss_newton_mu)[0] <= (1 + SECULAR_TOLERANCE) * state.radius
+
+    def newton(_, carry):
+        mu, lower, upper = carry
+        norm, h = scaled_norm(mu)
+        close = jnp.abs(norm - state.radius) <= SECULAR_TOLERANCE * state.radius
+        lower = jnp.where(norm > state.radius, jnp.maximum(lower, mu), lower)
+        upper = jnp.where(norm < state.radius, jnp.minimum(upper, mu), upper)
+        scaled = state.scale * h
+        curvature = jnp.dot(scaled, jnp.linalg.solve(state.jtj + jnp.diag(mu * state.scale), scaled))
+        updated = mu + (norm / state.radius - 1) * norm**2 / curvature
+        inside = jnp.isfinite(updated) & (updated > lower) & (updated < upper)
+        updated = jnp.where(inside, updated, jnp.maximum(1e-3 * upper, jnp.sqrt(lower * upper)))
+        return jnp.where(close, mu, updated), lower, upper
+
+    start = jnp.where((mu_start > gauss_newton_mu) & (mu_start < upper), mu_start, 1e-3 * upper)
+    mu, _, _ = lax.fori_loop(0, SECULAR_ITERATIONS, newton, (start, gauss_newton_mu, upper))
+    return jnp.where(gauss_newton_fits, gauss_newton_mu, mu).astype(state.x.dtype)

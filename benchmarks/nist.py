@@ -25,6 +25,9 @@ import jaxlm  # noqa: E402
 CONFIGURATIONS = {
     "LM (defaults)": jaxlm.LevenbergMarquardt(),
     "LM + geodesic acceleration": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
+    "LM, Moré's trust region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
+    "HybridLMQN": jaxlm.HybridLMQN(),
+    "DampedNewton": jaxlm.DampedNewton(),
     "LM, tight (ftol=0, xtol=1e-15)": jaxlm.LevenbergMarquardt(ftol=0.0, xtol=1e-15),
     "LM + geodesic, tight (ftol=0, xtol=1e-15)": jaxlm.LevenbergMarquardt(
         ftol=0.0, xtol=1e-15, geodesic_acceleration=0.75

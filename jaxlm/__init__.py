@@ -11,6 +11,7 @@ from ._minimize import minimize as minimize
 from ._multistart import multistart as multistart
 from ._solution import Solution as Solution, Status as Status
 from ._solver import (
+    LBFGSLM as LBFGSLM,
     DampedNewton as DampedNewton,
     GaussNewton as GaussNewton,
     HybridLMQN as HybridLMQN,

@@ -1,5 +1,7 @@
 """What the solver family promises beyond reaching minima: the reference problem, multistart, minimize."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,18 @@ def test_minimize_errors_say_what_to_do():
                 adjoint=jaxlm.ImplicitAdjoint(hessian="gauss_newton"),
             ).params[0]
         )(REFERENCE_Y)
+
+
+def test_hybrid_records_the_kind_of_every_step():
+    stepper = jaxlm.Stepper(
+        two_exponentials, REFERENCE_STARTS["start 2"], (REFERENCE_T, REFERENCE_Y), solver=jaxlm.HybridLMQN()
+    )
+    state = stepper.init()
+    kinds = []
+    while not stepper.terminate(state):
+        state = stepper.step(state)
+        kinds.append(int(state.solver_state.step_kind))
+    assert kinds.count(1) == int(state.solver_state.num_quasi_newton_steps) > 0
+    switches = sum(a != b for a, b in itertools.pairwise(kinds))
+    assert switches >= 2  # LM → QN and back
+    np.testing.assert_allclose(stepper.solution(state).cost, REFERENCE_MINIMUM, rtol=1e-7)

@@ -54,14 +54,22 @@ def least_squares(
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
         `jax.vmap`ped over data and starting points, and every fit gets its own status.
     """
-    if solver is None:
-        solver = LevenbergMarquardt()
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(f"solver must be a jaxlm solver such as jaxlm.LevenbergMarquardt(), got {solver!r}.")
-    if not callable(fun):
-        raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
+    solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, adjoint)
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
+    x0 = as_float_params(x0)
+    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw, adjoint)
+
+
+def check_options(fun, args, solver, default_solver, max_steps, adjoint):
+    """The checks `least_squares` and `minimize` share; returns the solver and adjoint to use."""
+    solver = default_solver if solver is None else solver
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"solver must be a jaxlm solver such as jaxlm.{type(default_solver).__name__}(), got {solver!r}."
+        )
+    if not callable(fun):
+        raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
     if not isinstance(args, tuple):
@@ -69,14 +77,12 @@ def least_squares(
             f"args must be a tuple of extra arguments for fun, got {type(args).__name__}; "
             "for a single argument write args=(value,)."
         )
-    if adjoint is None:
-        adjoint = ImplicitAdjoint()
+    adjoint = ImplicitAdjoint() if adjoint is None else adjoint
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
             f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
         )
-    x0 = as_float_params(x0)
-    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw, adjoint)
+    return solver, adjoint
 
 
 def as_float_params(x0):

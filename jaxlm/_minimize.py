@@ -5,12 +5,11 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, PyTree
 
-from ._implicit import AbstractAdjoint, ImplicitAdjoint
-from ._least_squares import as_float_params
+from ._implicit import AbstractAdjoint
+from ._least_squares import as_float_params, check_options
 from ._loop import AbstractSolver, Problem, run
 from ._solution import Solution, make_solution
 from ._solver import DampedNewton
@@ -37,22 +36,7 @@ def minimize(
     empty array. Everything else is as in `least_squares`: one jitted `lax.while_loop`, `vmap`,
     per-fit status, `throw`, and gradients with respect to `args` through `adjoint`.
     """
-    if solver is None:
-        solver = DampedNewton()
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(f"solver must be a jaxlm solver such as jaxlm.DampedNewton(), got {solver!r}.")
-    if not callable(fun):
-        raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple of extra arguments for fun, got {type(args).__name__}.")
-    if adjoint is None:
-        adjoint = ImplicitAdjoint()
-    if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(
-            f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
-        )
+    solver, adjoint = check_options(fun, args, solver, DampedNewton(), max_steps, adjoint)
     return _minimize(fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint)
 
 

@@ -22,7 +22,9 @@ and uses it when LM is seen to be slow:
               Δ ← max(Δ, 3‖h‖) when ρ > 3/4. If ‖g_new‖∞ ≥ ‖g‖∞, switch back to LM.
 
 The Jacobian is evaluated at every trial point (the B update needs it). When switching to QN
-the radius starts at max(‖h_LM‖, the xtol threshold) (our choice). `step_kind` in the state
+the radius starts at max(‖h_LM‖, the xtol threshold) (our choice). The xtol test is taken in
+the variables scaled by √diag(JᵀJ), as MINPACK does (our choice: with μI damping a parameter of
+600 next to one of 2e-4 would otherwise stop the solve, NIST Misra1c). `step_kind` in the state
 records the kind of the last step (0: LM, 1: QN).
 """
 
@@ -158,6 +160,8 @@ class HybridLMQN(AbstractSolver):
 
         xtol = resolve_tolerance("xtol", self.xtol, dtype)
         xtol_threshold = xtol * (jnp.linalg.norm(state.x) + xtol)
+        column_norms = jnp.linalg.norm(state.jac, axis=0)
+        weight = jnp.where(column_norms > 0, column_norms, 1)
         better = jnp.where(qn, qn_better, lm_better)
         use_qn = jnp.where(qn, ~back_to_lm, switch_to_qn)
         radius = jnp.where(
@@ -167,8 +171,10 @@ class HybridLMQN(AbstractSolver):
         x = jnp.where(better, x_new, state.x)
         status = convergence_status(
             grad=jnp.where(better, grad_new, grad),
-            step_norm=step_norm,
-            x_norm=jnp.linalg.norm(x),
+            # The stopping test in the variables scaled by D = √diag(JᵀJ) (as MINPACK does), so that a
+            # large parameter next to a small one cannot hide the small one's steps.
+            step_norm=jnp.linalg.norm(weight * step),
+            x_norm=jnp.linalg.norm(weight * x),
             cost=cost,
             actual_reduction=cost - cost_new,
             predicted_reduction=jnp.where(qn, qn_predicted, lm_predicted),

@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
-from ._tolerances import convergence_status, initial_status
+from ._tolerances import convergence_status, hessian_scale, initial_status
 
 GOOD_MODEL = 0.75
 MAX_REUSE = 4
@@ -125,8 +125,10 @@ class DampedNewton(AbstractSolver):
 
         status = convergence_status(
             grad=grad,
-            step_norm=jnp.linalg.norm(step),
-            x_norm=jnp.linalg.norm(x),
+            # Norms in the variables scaled by √|diag H|, so that a large parameter next to a small
+            # one cannot hide the small one's steps (MINPACK scales its xtol test the same way).
+            step_norm=jnp.linalg.norm(hessian_scale(state.hessian) * step),
+            x_norm=jnp.linalg.norm(hessian_scale(state.hessian) * x),
             cost=state.cost,
             actual_reduction=actual_reduction,
             predicted_reduction=predicted_reduction,

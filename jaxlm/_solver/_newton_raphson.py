@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int
 
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
-from ._tolerances import convergence_status, initial_status
+from ._tolerances import convergence_status, hessian_scale, initial_status
 
 
 class NewtonState(eqx.Module):
@@ -79,8 +79,10 @@ class NewtonRaphson(AbstractSolver):
         grad, hessian = problem.gradient(x), problem.hessian(x)
         status = convergence_status(
             grad=grad,
-            step_norm=jnp.linalg.norm(step),
-            x_norm=jnp.linalg.norm(x),
+            # Norms in the variables scaled by √|diag H|, so that a large parameter next to a small
+            # one cannot hide the small one's steps (MINPACK scales its xtol test the same way).
+            step_norm=jnp.linalg.norm(hessian_scale(state.hessian) * step),
+            x_norm=jnp.linalg.norm(hessian_scale(state.hessian) * x),
             cost=state.cost,
             actual_reduction=state.cost - cost_trial,
             predicted_reduction=-jnp.dot(state.grad, step) - 0.5 * step @ state.hessian @ step,

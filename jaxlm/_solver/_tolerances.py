@@ -49,3 +49,9 @@ def initial_status(grad, gtol, dtype):
     """`CONVERGED_GTOL` if the starting point already meets gtol, else `RUNNING`."""
     gtol = resolve_tolerance("gtol", gtol, dtype)
     return jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, Status.RUNNING).astype(jnp.int32)
+
+
+def hessian_scale(hessian):
+    """√|diag H| (1 where it is 0): the scaling of the xtol test of the Newton-type solvers."""
+    diagonal = jnp.sqrt(jnp.abs(jnp.diagonal(hessian)))
+    return jnp.where(diagonal > 0, diagonal, 1)

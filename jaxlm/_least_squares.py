@@ -106,20 +106,15 @@ def as_float_params(x0):
     return jax.tree.map(to_float, x0)
 
 
-def _check_residuals(fun, params, args):
-    out = jax.eval_shape(lambda p: fun(p, *args), params)
+def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of fun's residuals, with an error that says what to do if they are wrong."""
+    dtype = ravel_pytree(x0)[0].dtype
+    out = jax.eval_shape(lambda p: fun(p, *args), x0)
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             f"fun must return one array of residuals, got {jax.tree.structure(out)}; "
             "concatenate the parts, e.g. jnp.concatenate([r1.ravel(), r2.ravel()])."
         )
-    return out
-
-
-def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of fun's residuals, with an error that says what to do if they are wrong."""
-    dtype = ravel_pytree(x0)[0].dtype
-    out = _check_residuals(fun, x0, args)
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(
             f"fun returned residuals of dtype {out.dtype}; they must be floating point "

@@ -34,10 +34,6 @@ class Problem(eqx.Module):
     jacobian: Callable[[Float[Array, " n"]], Float[Array, "m n"]] | None
     scalar_cost: Callable[[Float[Array, " n"]], Float[Array, ""]] | None = None
 
-    @property
-    def has_residuals(self) -> bool:
-        return self.residual is not None
-
     def cost(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         """F(x): ½‖r(x)‖², or the scalar cost of `minimize`."""
         return self.evaluate(x)[0]
@@ -56,6 +52,11 @@ class Problem(eqx.Module):
     def hessian(self, x: Float[Array, " n"]) -> Float[Array, "n n"]:
         """The exact Hessian ∇²F(x) (for least squares JᵀJ + Σ rᵢ∇²rᵢ), forward over reverse."""
         return jax.jacfwd(self.gradient)(x)
+
+    def gradient_and_hessian(self, x: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+        """∇F(x) and ∇²F(x) from one forward-over-reverse pass (the gradient is its primal)."""
+        hessian, gradient = jax.jacfwd(lambda x: (self.gradient(x),) * 2, has_aux=True)(x)
+        return gradient, hessian
 
     def require_residuals(self, solver_name: str) -> None:
         if self.residual is None:

@@ -71,8 +71,7 @@ class DampedNewton(AbstractSolver):
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> DampedNewtonState:
         cost, residual = problem.evaluate(x0)
-        grad = problem.gradient(x0)
-        hessian = problem.hessian(x0)
+        grad, hessian = problem.gradient_and_hessian(x0)
         largest = jnp.maximum(jnp.max(jnp.abs(jnp.diagonal(hessian))), jnp.finfo(x0.dtype).tiny)
         return DampedNewtonState(
             x=x0,

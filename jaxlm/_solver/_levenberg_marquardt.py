@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
-from ._tolerances import resolve_tolerance
+from ._tolerances import initial_status, resolve_tolerance
 
 
 class LevenbergMarquardtState(eqx.Module):
@@ -138,8 +138,6 @@ class LevenbergMarquardt(AbstractSolver):
         else:
             scale = jnp.ones_like(x0)
             damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
-        gtol = resolve_tolerance("gtol", self.gtol, x0.dtype)
-        status = jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, Status.RUNNING)
         return LevenbergMarquardtState(
             x=x0,
             residual=residual,
@@ -153,7 +151,7 @@ class LevenbergMarquardt(AbstractSolver):
             radius=_initial_radius(x0, scale if self.scaled else jnp.ones_like(x0)),
             step_norm=jnp.asarray(jnp.inf, x0.dtype),
             accepted=jnp.array(True),
-            status=jnp.asarray(status, jnp.int32),
+            status=initial_status(grad, self.gtol, x0.dtype),
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
         )

@@ -38,13 +38,13 @@ class NewtonState(eqx.Module):
 
 def newton_init(problem: Problem, x0, gtol) -> NewtonState:
     cost, residual = problem.evaluate(x0)
-    grad = problem.gradient(x0)
+    grad, hessian = problem.gradient_and_hessian(x0)
     return NewtonState(
         x=x0,
         residual=residual,
         cost=cost,
         grad=grad,
-        hessian=problem.hessian(x0),
+        hessian=hessian,
         status=initial_status(grad, gtol, x0.dtype),
         num_fev=jnp.array(1, jnp.int32),
         num_jev=jnp.array(1, jnp.int32),
@@ -76,7 +76,7 @@ class NewtonRaphson(AbstractSolver):
         ok = step_is_finite & jnp.isfinite(cost_trial)
 
         x = jnp.where(ok, x_trial, state.x)
-        grad, hessian = problem.gradient(x), problem.hessian(x)
+        grad, hessian = problem.gradient_and_hessian(x)
         status = convergence_status(
             grad=grad,
             # Norms in the variables scaled by √|diag H|, so that a large parameter next to a small

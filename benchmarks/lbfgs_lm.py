@@ -3,8 +3,9 @@
 Problem: m = 2n residuals r = A·(tanh(x) + 0.1·x³) − b with a fixed random A (m × n) and b made
 from a known x*, so F = 0 at the solution; x₀ = 0 and the Jacobian costs n forward passes. For
 n in `--sizes`: steps, residual/gradient evaluations, Jacobian evaluations, final cost and wall
-time (best of 3 after compiling) for `LevenbergMarquardt()` and `LBFGSLM()`; plus the
-registry's small problems, where the Jacobian is cheap.
+time (best of 3 after compiling) for `LevenbergMarquardt()`, `LBFGSLM()` and `LBFGSLM` without
+the LM-preconditioned L-BFGS steps; plus the registry's small problems, where the Jacobian is
+cheap, and Brown–Dennis, whose residuals are large at the solution.
 
     python benchmarks/lbfgs_lm.py
 """
@@ -54,7 +55,11 @@ def main():
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 800])
     args = parser.parse_args()
-    solvers = {"LevenbergMarquardt()": jaxlm.LevenbergMarquardt(), "LBFGSLM()": jaxlm.LBFGSLM()}
+    solvers = {
+        "LevenbergMarquardt()": jaxlm.LevenbergMarquardt(),
+        "LBFGSLM()": jaxlm.LBFGSLM(),
+        "LBFGSLM(max_preconditioned_steps=0)": jaxlm.LBFGSLM(max_preconditioned_steps=0),
+    }
     print("| problem | n | solver | steps | fev | Jacobians | final cost | status | time s |")
     print("|---|---|---|---|---|---|---|---|---|")
     cases = [("tanh, m = 2n", residual, *problem(n), n) for n in args.sizes]

@@ -1,5 +1,6 @@
 """jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
 
+from ._curve_fit import curve_fit as curve_fit
 from ._implicit import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -19,5 +20,6 @@ from ._solver import (
     NewtonRaphson as NewtonRaphson,
 )
 from ._stepwise import AskTell as AskTell, Request as Request, Stepper as Stepper
+from ._trace import StepKind as StepKind, Trace as Trace
 
 __version__ = "0.1.0"

@@ -40,7 +40,7 @@ from jaxtyping import Array, Float
 from ._solution import SUCCESS_CODES, Status
 
 # A solve as the adjoints see it: `primal(inputs, loop_kind)` runs the solver and returns
-# (x, residual, cost, state, num_steps); `evaluate(x, inputs)` returns (cost, flat residual),
+# (x, residual, cost, state, num_steps, trace); `evaluate(x, inputs)` returns (cost, flat residual),
 # the residual being empty for a scalar cost (`minimize`).
 PrimalFn = Callable[[Any, str], tuple]
 EvaluateFn = Callable[[Float[Array, " n"], Any], tuple[Float[Array, ""], Float[Array, " m"]]]
@@ -100,7 +100,7 @@ def _implicit_solve(inputs, *, primal, evaluate, hessian):
 def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
     (inputs,) = primals
     (tangent_inputs,) = tangents
-    x, r, cost, state, num_steps = primal(inputs, "lax")
+    x, r, cost, state, num_steps, trace = primal(inputs, "lax")
 
     # Split the inputs into those with a tangent (differentiated) and the rest.
     differentiated = jtu.tree_map(lambda t: t is not None, tangent_inputs, is_leaf=lambda t: t is None)
@@ -138,6 +138,6 @@ def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
     status = jnp.where(converged & regularised, Status.DERIVATIVE_REGULARISED, state.status)
     state = eqx.tree_at(lambda s: s.status, state, status.astype(state.status.dtype))
 
-    primal_out = (x, r, cost, state, num_steps)
-    tangent_state = jtu.tree_map(lambda _: None, state)
-    return primal_out, (tangent_x, tangent_r, tangent_cost, tangent_state, None)
+    primal_out = (x, r, cost, state, num_steps, trace)
+    tangent_state, tangent_trace = jtu.tree_map(lambda _: None, (state, trace))
+    return primal_out, (tangent_x, tangent_r, tangent_cost, tangent_state, None, tangent_trace)

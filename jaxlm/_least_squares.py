@@ -12,6 +12,7 @@ from jaxtyping import ArrayLike, PyTree
 
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
+from ._loss import Loss, check_loss, robust_residual
 from ._solution import Solution, make_solution
 from ._solver import LevenbergMarquardt
 
@@ -26,6 +27,9 @@ def least_squares(
     jac: Callable[..., Any] | None = None,
     throw: bool = False,
     adjoint: AbstractAdjoint | None = None,
+    trace: int = 0,
+    loss: Loss = "linear",
+    f_scale: float = 1.0,
 ) -> Solution:
     """Minimise ½‖fun(params, *args)‖² over `params`, starting from `x0`.
 
@@ -49,19 +53,35 @@ def least_squares(
             `fun` closes over) are computed: `None` means `jaxlm.ImplicitAdjoint()`, the
             implicit function theorem at the solution with the exact Hessian;
             `jaxlm.UnrolledAdjoint()` differentiates through the iterations instead.
+        trace: record the start and the first `trace` steps (cost, gradient norm, damping,
+            radius, step kind, acceptance, parameters) in `Solution.trace`, a `jaxlm.Trace` of
+            fixed-size buffers that survives `jit` and `vmap`. 0 (the default) records nothing.
+        loss: "linear" (least squares, the default) or a robust loss that limits the pull of
+            outliers: "soft_l1", "huber", "cauchy" or "arctan", as defined by
+            `scipy.optimize.least_squares`; the cost is then ½·f_scale²·Σ ρ((rᵢ/f_scale)²).
+        f_scale: the residual size where a robust loss departs from least squares.
 
     Returns:
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
         `jax.vmap`ped over data and starting points, and every fit gets its own status.
     """
-    solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, adjoint)
+    solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, adjoint, trace)
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
+    check_loss(loss, f_scale)
+    if loss != "linear" and jac is not None:
+        raise ValueError(
+            "jac with a robust loss is not supported: drop jac (JAX differentiates the model) or use "
+            "loss='linear'."
+        )
     x0 = as_float_params(x0)
-    return _least_squares(fun, x0, args, solver, int(max_steps), jac, throw, adjoint)
+    f_scale = jnp.asarray(f_scale, ravel_pytree(x0)[0].dtype)
+    return _least_squares(
+        fun, x0, args, solver, int(max_steps), jac, throw, adjoint, int(trace), loss, f_scale
+    )
 
 
-def check_options(fun, args, solver, default_solver, max_steps, adjoint):
+def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):
     """The checks `least_squares` and `minimize` share; returns the solver and adjoint to use."""
     solver = default_solver if solver is None else solver
     if not isinstance(solver, AbstractSolver):
@@ -72,6 +92,10 @@ def check_options(fun, args, solver, default_solver, max_steps, adjoint):
         raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    if isinstance(trace, bool) or not isinstance(trace, (int, np.integer)) or trace < 0:
+        raise ValueError(
+            f"trace must be a number of steps to record (an int >= 0; 0 records nothing), got {trace!r}."
+        )
     if not isinstance(args, tuple):
         raise TypeError(
             f"args must be a tuple of extra arguments for fun, got {type(args).__name__}; "
@@ -145,9 +169,16 @@ def build_problem(fun, jac, args, x0, residual_shape) -> Problem:
 
 
 @eqx.filter_jit
-def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Solution:
+def _least_squares(
+    fun, x0, args, solver, max_steps, jac, throw, adjoint, trace_steps, loss="linear", f_scale=1.0
+) -> Solution:
     out = check_residuals(fun, x0, args)
     unravel = ravel_pytree(x0)[1]
+    model_residual = fun
+    if loss != "linear":
+
+        def fun(params, *args):
+            return robust_residual(model_residual(params, *args), loss, f_scale)
 
     # Arrays that fun or jac close over (tracers of an outer jax.grad, say) become explicit
     # inputs, so that derivatives with respect to them flow through the adjoint like args.
@@ -164,11 +195,15 @@ def _least_squares(fun, x0, args, solver, max_steps, jac, throw, adjoint) -> Sol
     def primal(inputs, loop_kind):
         fun, jac, args, x0, solver = inputs
         problem = build_problem(fun, jac, args, x0, out.shape)
-        state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
-        return state.x, state.residual, state.cost, state, num_steps
+        state, num_steps, trace = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind, trace_steps)
+        return state.x, state.residual, state.cost, state, num_steps, trace
 
-    x, r, cost, state, num_steps = adjoint.apply(primal, evaluate, inputs)
-    return make_solution(unravel(x), cost, r.reshape(out.shape), state, num_steps, throw, "least_squares")
+    x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs)
+    if loss != "linear":  # report the model's residuals, not the solver's rescaled ones
+        r = model_residual(unravel(x), *args)
+    return make_solution(
+        unravel(x), cost, r.reshape(out.shape), state, num_steps, throw, "least_squares", trace, unravel
+    )
 
 
 def _user_jacobian(jac, unravel, args, x0, residual_shape, dtype):

@@ -1,10 +1,11 @@
 """The one driver loop that every solver runs in: init → while_loop(step) → state.
 
-A solver is an immutable `AbstractSolver` with two methods. `init(problem, x0)` evaluates the
+A solver is an immutable `AbstractSolver` with three methods. `init(problem, x0)` evaluates the
 starting point; `step(problem, state)` computes one step, decides whether to accept it, updates
 its own damping or radius, and sets `state.status` to a converged `Status` when its tolerances
-are met. Everything that is the same for all solvers lives here: the check of the starting
-point, non-finite values, `max_steps`, and counting steps.
+are met; `step_info(state)` says what kind of step that was, for traces and logs. Everything
+that is the same for all solvers lives here: the check of the starting point, non-finite
+values, `max_steps`, counting steps, and recording traces.
 
 A solver's state is an `equinox.Module` with at least the fields `x`, `residual`, `cost`,
 `grad`, `status`, `num_fev` and `num_jev`.
@@ -21,6 +22,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int, PyTree
 
 from ._solution import Status
+from ._trace import StepInfo, StepKind, Trace, empty_trace, record
 
 
 class Problem(eqx.Module):
@@ -75,6 +77,10 @@ class AbstractSolver(eqx.Module):
     @abc.abstractmethod
     def step(self, problem: Problem, state: PyTree) -> PyTree: ...
 
+    @abc.abstractmethod
+    def step_info(self, state: PyTree) -> StepInfo:
+        """The kind of the last step, whether it was accepted, and the damping and radius after it."""
+
 
 def _set_status(state, status):
     return eqx.tree_at(lambda s: s.status, state, status)
@@ -97,23 +103,39 @@ def next_state(solver: AbstractSolver, problem: Problem, state: PyTree, num_step
 
 
 def run(
-    solver: AbstractSolver, problem: Problem, x0: Array, max_steps: int, loop_kind: str = "lax"
-) -> tuple[PyTree, Int[Array, ""]]:
-    """Solve from `x0`; returns the final solver state and the number of steps taken.
+    solver: AbstractSolver,
+    problem: Problem,
+    x0: Array,
+    max_steps: int,
+    loop_kind: str = "lax",
+    trace_steps: int = 0,
+) -> tuple[PyTree, Int[Array, ""], Trace | None]:
+    """Solve from `x0`; returns the final solver state, the number of steps taken, and the trace.
 
     `loop_kind` is "lax" (`lax.while_loop`: forward-mode differentiable only, the default) or
     "bounded" (Equinox's bounded loop of `max_steps` iterations, which reverse mode can
-    differentiate through: used by `UnrolledAdjoint`).
+    differentiate through: used by `UnrolledAdjoint`). With `trace_steps` > 0 the start and the
+    first `trace_steps` steps are recorded in a `Trace` (with flat parameters); otherwise the
+    trace is None.
     """
 
     def not_done(carry):
-        state, _ = carry
+        state, _, _ = carry
         return state.status == Status.RUNNING
 
     def body(carry):
-        return next_state(solver, problem, *carry, max_steps)
+        state, num_steps, trace = carry
+        state, num_steps = next_state(solver, problem, state, num_steps, max_steps)
+        if trace is not None:
+            trace = record(trace, num_steps, state, solver.step_info(state))
+        return state, num_steps, trace
 
-    init = (first_state(solver, problem, x0), jnp.array(0, jnp.int32))
+    state = first_state(solver, problem, x0)
+    trace = None
+    if trace_steps > 0:
+        start = eqx.tree_at(lambda info: info.step_kind, solver.step_info(state), jnp.array(StepKind.START))
+        trace = record(empty_trace(trace_steps + 1, x0), jnp.array(0), state, start)
+    init = (state, jnp.array(0, jnp.int32), trace)
     if loop_kind == "lax":
         return lax.while_loop(not_done, body, init)
     return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)

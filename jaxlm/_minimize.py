@@ -24,6 +24,7 @@ def minimize(
     max_steps: int = 1000,
     throw: bool = False,
     adjoint: AbstractAdjoint | None = None,
+    trace: int = 0,
 ) -> Solution:
     """Minimise a scalar cost `fun(params, *args)` with a Newton-type solver.
 
@@ -34,14 +35,14 @@ def minimize(
 
     Returns a `jaxlm.Solution` whose `cost` is `fun` at the solution and whose `residual` is an
     empty array. Everything else is as in `least_squares`: one jitted `lax.while_loop`, `vmap`,
-    per-fit status, `throw`, and gradients with respect to `args` through `adjoint`.
+    per-fit status, `throw`, `trace`, and gradients with respect to `args` through `adjoint`.
     """
-    solver, adjoint = check_options(fun, args, solver, DampedNewton(), max_steps, adjoint)
-    return _minimize(fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint)
+    solver, adjoint = check_options(fun, args, solver, DampedNewton(), max_steps, adjoint, trace)
+    return _minimize(fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint, int(trace))
 
 
 @eqx.filter_jit
-def _minimize(fun, x0, args, solver, max_steps, throw, adjoint) -> Solution:
+def _minimize(fun, x0, args, solver, max_steps, throw, adjoint, trace_steps) -> Solution:
     x_flat, unravel = ravel_pytree(x0)
     out = jax.eval_shape(lambda p: fun(p, *args), x0)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
@@ -65,8 +66,8 @@ def _minimize(fun, x0, args, solver, max_steps, throw, adjoint) -> Solution:
     def primal(inputs, loop_kind):
         _, _, x0, solver = inputs
         problem = Problem(None, None, scalar_cost=lambda x: evaluate(x, inputs)[0])
-        state, num_steps = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind)
-        return state.x, state.residual, state.cost, state, num_steps
+        state, num_steps, trace = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind, trace_steps)
+        return state.x, state.residual, state.cost, state, num_steps, trace
 
-    x, r, cost, state, num_steps = adjoint.apply(primal, evaluate, inputs)
-    return make_solution(unravel(x), cost, r, state, num_steps, throw, "minimize")
+    x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs)
+    return make_solution(unravel(x), cost, r, state, num_steps, throw, "minimize", trace, unravel)

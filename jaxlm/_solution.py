@@ -3,9 +3,12 @@
 import enum
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._trace import Trace
 
 
 class Status(enum.IntEnum):
@@ -93,6 +96,8 @@ class Solution(eqx.Module):
         num_jev: evaluations of the Jacobian.
         status: a `jaxlm.Status` value, as an int32 array.
         success: whether the solve converged.
+        trace: a `jaxlm.Trace` of the iterations when the solve was asked to record one
+            (`trace=K`), else None.
     """
 
     params: PyTree[Array]
@@ -104,6 +109,7 @@ class Solution(eqx.Module):
     num_jev: Int[Array, ""]
     status: Int[Array, ""]
     success: Bool[Array, ""]
+    trace: Trace | None = None
 
     @property
     def message(self):
@@ -127,8 +133,15 @@ class Solution(eqx.Module):
         )
 
 
-def make_solution(params, cost, residual, state, num_steps, throw: bool, caller: str) -> Solution:
-    """The `Solution` of a finished solve; with `throw`, an error (also under jit) if it failed."""
+def make_solution(
+    params, cost, residual, state, num_steps, throw: bool, caller: str, trace=None, unravel=None
+) -> Solution:
+    """The `Solution` of a finished solve; with `throw`, an error (also under jit) if it failed.
+
+    A trace recorded on flat parameters gets them back in the structure of x0 through `unravel`.
+    """
+    if trace is not None:
+        trace = eqx.tree_at(lambda t: t.params, trace, jax.vmap(unravel)(trace.params))
     success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
     solution = Solution(
         params=params,
@@ -140,6 +153,7 @@ def make_solution(params, cost, residual, state, num_steps, throw: bool, caller:
         num_jev=state.num_jev,
         status=state.status,
         success=success,
+        trace=trace,
     )
     if throw:
         messages = [f"jaxlm.{caller} failed: {Status(i).message}" for i in range(len(Status) - 1)]

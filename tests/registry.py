@@ -200,10 +200,6 @@ PROBLEMS = {
             name: "large residuals at the solution: Gauss–Newton converges linearly at best (here not "
             "within 1000 steps); LM, damped Newton and the hybrid handle it"
             for name in ("gauss_newton", "gauss_newton_backtracking")
-        }
-        | {
-            "lbfgs_lm": "L-BFGS stops near the minimum where the large residuals make the LM phase "
-            "crawl (cost right, but not converged within 1000 steps)"
         },
     ),
     "two_exponentials": Problem(

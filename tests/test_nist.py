@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nist import DATA_DIR, NAMES, load, matching_digits
+from nist import DATA_DIR, MODELS, NAMES, load, matching_digits
 
 import jaxlm
 
@@ -61,3 +61,28 @@ def test_mean_matching_digits():
     mean = float(np.mean(list(_digits.values())))
     print(f"NIST StRD, LM + geodesic acceleration, default tolerances: mean {mean:.2f} digits over 54 runs")
     assert mean > 7.5
+
+
+# Lanczos1's residuals are ~1e-13 of y, so each carries a float64 rounding error of ~1e-16
+# (≈1e-3 of itself): the residual sum of squares, and the standard deviations ∝ √RSS, are
+# resolved to about 3 digits by any double-precision evaluation of the model (scipy: 3.1).
+STD_DIGITS = {"Lanczos1": 2.5}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_certified_standard_deviations_from_curve_fit(name):
+    problem = load(name)
+    model = nist_model(name)
+    y = np.log(problem.y) if name == "Nelson" else problem.y
+    popt, pcov, info, _, _ = jaxlm.curve_fit(
+        model, problem.x, y, p0=problem.starts[1], max_steps=MAX_STEPS, full_output=True
+    )
+    assert bool(info["success"]), info["solution"].message
+    assert matching_digits(popt, problem.certified).min() > 4
+    digits = matching_digits(np.sqrt(np.diag(pcov)), problem.certified_std)
+    assert digits.min() > STD_DIGITS.get(name, 4), f"digits of the standard deviations: {digits}"
+
+
+def nist_model(name):
+    """The problem's model as curve_fit takes it: f(x, b1, b2, ...)."""
+    return lambda x, *b: MODELS[name](jnp.stack(b), x)

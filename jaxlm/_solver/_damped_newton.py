@@ -30,6 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
+from .._trace import StepInfo, StepKind
 from ._tolerances import convergence_status, hessian_scale, initial_status
 
 GOOD_MODEL = 0.75
@@ -88,6 +89,9 @@ class DampedNewton(AbstractSolver):
             num_jev=jnp.array(1, jnp.int32),
             num_gev=jnp.array(1, jnp.int32),
         )
+
+    def step_info(self, state: DampedNewtonState) -> StepInfo:
+        return StepInfo(jnp.array(StepKind.NEWTON), state.accepted, state.damping, jnp.nan)
 
     def step(self, problem: Problem, state: DampedNewtonState) -> DampedNewtonState:
         dtype = state.x.dtype

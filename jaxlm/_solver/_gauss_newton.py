@@ -25,6 +25,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
+from .._trace import StepInfo, StepKind
 from ._tolerances import convergence_status, initial_status
 
 ARMIJO = 1e-4
@@ -75,6 +76,9 @@ class GaussNewton(AbstractSolver):
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
         )
+
+    def step_info(self, state: GaussNewtonState) -> StepInfo:
+        return StepInfo(jnp.array(StepKind.GAUSS_NEWTON), state.accepted, jnp.nan, jnp.nan)
 
     def step(self, problem: Problem, state: GaussNewtonState) -> GaussNewtonState:
         dtype = state.x.dtype

@@ -25,7 +25,7 @@ The Jacobian is evaluated at every trial point (the B update needs it). When swi
 the radius starts at max(‖h_LM‖, the xtol threshold) (our choice). The xtol test is taken in
 the variables scaled by √diag(JᵀJ), as MINPACK does (our choice: with μI damping a parameter of
 600 next to one of 2e-4 would otherwise stop the solve, NIST Misra1c). `step_kind` in the state
-records the kind of the last step (0: LM, 1: QN).
+records the kind of the last step (a `StepKind`: LEVENBERG_MARQUARDT or QUASI_NEWTON).
 """
 
 import equinox as eqx
@@ -35,9 +35,9 @@ from jaxtyping import Array, Bool, Float, Int
 from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
+from .._trace import StepInfo, StepKind
 from ._tolerances import convergence_status, initial_status, resolve_tolerance
 
-LM_STEP, QN_STEP = 0, 1
 LARGE_RESIDUAL_RATIO = 0.02
 STEPS_BEFORE_SWITCH = 3
 
@@ -94,13 +94,16 @@ class HybridLMQN(AbstractSolver):
             radius=jnp.asarray(1, dtype),
             use_quasi_newton=jnp.array(False),
             large_residual_count=jnp.array(0, jnp.int32),
-            step_kind=jnp.array(LM_STEP, jnp.int32),
+            step_kind=jnp.array(StepKind.LEVENBERG_MARQUARDT, jnp.int32),
             num_quasi_newton_steps=jnp.array(0, jnp.int32),
             accepted=jnp.array(True),
             status=initial_status(grad, self.gtol, dtype),
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
         )
+
+    def step_info(self, state: HybridState) -> StepInfo:
+        return StepInfo(state.step_kind, state.accepted, state.damping, state.radius)
 
     def step(self, problem: Problem, state: HybridState) -> HybridState:
         dtype = state.x.dtype
@@ -198,7 +201,7 @@ class HybridLMQN(AbstractSolver):
             radius=radius.astype(dtype),
             use_quasi_newton=use_qn,
             large_residual_count=jnp.where(qn | switch_to_qn, 0, count).astype(jnp.int32),
-            step_kind=jnp.where(qn, QN_STEP, LM_STEP).astype(jnp.int32),
+            step_kind=jnp.where(qn, StepKind.QUASI_NEWTON, StepKind.LEVENBERG_MARQUARDT).astype(jnp.int32),
             num_quasi_newton_steps=state.num_quasi_newton_steps + qn.astype(jnp.int32),
             accepted=better,
             status=status.astype(jnp.int32),

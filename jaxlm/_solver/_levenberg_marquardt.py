@@ -40,6 +40,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
+from .._trace import StepInfo, StepKind
 from ._tolerances import initial_status, resolve_tolerance
 
 
@@ -155,6 +156,10 @@ class LevenbergMarquardt(AbstractSolver):
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
         )
+
+    def step_info(self, state: LevenbergMarquardtState) -> StepInfo:
+        radius = state.radius if self.damping_rule == "trust_region" else jnp.nan
+        return StepInfo(jnp.array(StepKind.LEVENBERG_MARQUARDT), state.accepted, state.damping, radius)
 
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         dtype = state.x.dtype

@@ -22,6 +22,7 @@ from jaxtyping import Array, Float, Int
 
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
+from .._trace import StepInfo, StepKind
 from ._tolerances import convergence_status, hessian_scale, initial_status
 
 
@@ -67,6 +68,9 @@ class NewtonRaphson(AbstractSolver):
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> NewtonState:
         return newton_init(problem, x0, self.gtol)
+
+    def step_info(self, state: NewtonState) -> StepInfo:
+        return StepInfo(jnp.array(StepKind.NEWTON), jnp.array(True), jnp.nan, jnp.nan)
 
     def step(self, problem: Problem, state: NewtonState) -> NewtonState:
         step = -jnp.linalg.solve(state.hessian, state.grad)

@@ -1,0 +1,120 @@
+"""`jaxlm.curve_fit` against `scipy.optimize.curve_fit`: NIST standard deviations and batch speed.
+
+1. NIST StRD: for each of the 27 problems, fit from start 2 and compare √diag(pcov) with the
+   certified standard deviations (matching digits, the worst parameter), for jaxlm and scipy.
+2. A batch of `--num-datasets` exponential decays y = a·e^(−bx) + c (40 points, σ = 0.05,
+   random a, b, c), float64: one batched `curve_fit` call against a loop of scipy calls (timed
+   on the first `--scipy-datasets`), and the largest difference to scipy in units of the
+   standard error.
+
+    python benchmarks/curve_fit.py
+"""
+
+import argparse
+import pathlib
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
+from nist import MODELS, NAMES, load, matching_digits  # noqa: E402
+
+import jaxlm  # noqa: E402
+
+
+def nist_table():
+    print("| problem | jaxlm std digits | scipy std digits |")
+    print("|---|---|---|")
+    worst = {"jaxlm": 99.0, "scipy": 99.0}
+    for name in NAMES:
+        problem = load(name)
+        y = np.log(problem.y) if name == "Nelson" else problem.y
+
+        def model(x, *b, name=name):
+            return MODELS[name](jnp.stack(b), x)
+
+        _, pcov = jaxlm.curve_fit(model, problem.x, y, p0=problem.starts[1], max_steps=5000)
+        ours = matching_digits(np.sqrt(np.diag(pcov)), problem.certified_std).min()
+        try:
+            _, scipy_pcov = scipy.optimize.curve_fit(
+                lambda x, *b: np.asarray(model(x, *b)), problem.x, y, p0=problem.starts[1], maxfev=100000
+            )
+            theirs = matching_digits(np.sqrt(np.diag(scipy_pcov)), problem.certified_std).min()
+        except RuntimeError:
+            theirs = float("nan")
+        worst["jaxlm"] = min(worst["jaxlm"], ours)
+        worst["scipy"] = np.nanmin([worst["scipy"], theirs])
+        print(f"| {name} | {ours:.2f} | {theirs:.2f} |", flush=True)
+    print(f"| worst | {worst['jaxlm']:.2f} | {worst['scipy']:.2f} |")
+
+
+def decay(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def batch_table(num_datasets, scipy_datasets):
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.0, 4.0, 40)
+    truth = np.stack(
+        [
+            rng.uniform(1, 5, num_datasets),
+            rng.uniform(0.5, 2, num_datasets),
+            rng.uniform(-1, 1, num_datasets),
+        ],
+        1,
+    )
+    ys = (
+        truth[:, :1] * np.exp(-truth[:, 1:2] * x)
+        + truth[:, 2:]
+        + 0.05 * rng.standard_normal((num_datasets, x.size))
+    )
+    p0 = np.array([1.0, 1.0, 0.0])
+
+    fit = jax.jit(lambda ys: jaxlm.curve_fit(decay, x, ys, p0=p0, full_output=True))
+    jax.block_until_ready(fit(ys))  # compile
+    start = time.perf_counter()
+    popt, pcov, info, _, _ = jax.block_until_ready(fit(ys))
+    ours = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = [
+        scipy.optimize.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, x, ys[i], p0=p0)
+        for i in range(scipy_datasets)
+    ]
+    theirs = (time.perf_counter() - start) / scipy_datasets
+    scipy_popt = np.stack([r[0] for r in reference])
+    standard_errors = np.sqrt(np.diagonal(np.asarray(pcov[:scipy_datasets]), axis1=1, axis2=2))
+    difference = np.max(np.abs(np.asarray(popt[:scipy_datasets]) - scipy_popt) / standard_errors)
+    converged = float(np.mean(np.asarray(info["success"])))
+    print(
+        "| datasets | jaxlm batched fits/s | scipy loop fits/s | speed-up "
+        "| max |Δ| to scipy (σ) | converged |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {num_datasets} | {num_datasets / ours:,.0f} | {1 / theirs:,.0f} "
+        f"| {theirs * num_datasets / ours:.0f}× "
+        f"| {difference:.1e} | {converged:.2%} |"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--num-datasets", type=int, default=10_000)
+    parser.add_argument("--scipy-datasets", type=int, default=1000)
+    args = parser.parse_args()
+    nist_table()
+    print()
+    batch_table(args.num_datasets, args.scipy_datasets)
+
+
+if __name__ == "__main__":
+    main()

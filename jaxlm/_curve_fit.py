@@ -1,0 +1,385 @@
+"""`curve_fit`: scipy's interface for fitting a model to data, batched, jittable and differentiable.
+
+The fit minimises ½‖W(f(x, p) − y)‖², where W whitens the data: W = diag(1/σ) for standard
+deviations σ, W = L⁻¹ for a covariance matrix Σ = LLᵀ (its Cholesky factor), W = I without
+sigma. The covariance of the parameters is the one scipy reports (`scipy.optimize.curve_fit`):
+
+    pcov = (JᵀJ)⁻¹ · s²,    s² = Σ r̂ᵢ² / (m − n)    (s² = 1 with absolute_sigma=True),
+
+with J the Jacobian of the whitened residuals at the solution (for a robust loss, scipy's
+rescaled J̃ = diag(√(ρ' + 2ρ''z))·J and Σ r̂ᵢ² = 2·cost), computed from the SVD of J. When J is
+rank-deficient (a singular value below eps·max(m, n)·s_max), or when m ≤ n and the variance is
+estimated from the data, pcov is inf in every entry, as scipy gives it.
+
+Points can be left out without changing shapes (which `vmap` needs): `mask=False`, `sigma=inf`
+and `nan_policy="omit"` give them weight 0, and m counts only the points that remain.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+from jaxtyping import Array, ArrayLike
+
+from ._implicit import AbstractAdjoint
+from ._least_squares import _least_squares, check_options
+from ._loop import AbstractSolver
+from ._loss import Loss, check_loss, robust_jacobian_weights
+from ._solver import LevenbergMarquardt
+
+NAN_POLICIES = (None, "raise", "omit", "propagate")
+
+
+def curve_fit(
+    f: Callable[..., ArrayLike],
+    xdata: Any,
+    ydata: ArrayLike,
+    p0: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
+    absolute_sigma: bool = False,
+    check_finite: bool | None = None,
+    bounds=(-np.inf, np.inf),
+    method: str | None = None,
+    jac: Callable[..., ArrayLike] | None = None,
+    *,
+    full_output: bool = False,
+    nan_policy: str | None = None,
+    mask: ArrayLike | None = None,
+    loss: Loss = "linear",
+    f_scale: float = 1.0,
+    solver=None,
+    max_steps: int = 1000,
+):
+    """Fit `f(xdata, *params)` to `ydata`, with the semantics of `scipy.optimize.curve_fit`.
+
+    Args:
+        f: the model `f(x, p1, p2, ...)`, written with jax.numpy; returns an array of the
+            shape of one dataset.
+        xdata: the independent variable: an array, or anything `f` accepts (a tuple of arrays).
+        ydata: the data, of the shape `f` returns; or a batch of datasets with a leading batch
+            axis, fitted all at once (one compiled, vmapped solve).
+        p0: the starting values (length n; or one row per dataset of a batch). Without it, all
+            ones, with n taken from `f`'s signature.
+        sigma: the uncertainties of `ydata`: standard deviations of the shape of `ydata` (or of
+            one dataset, shared by the batch), or for 1-D data an m × m covariance matrix (or
+            one per dataset). inf gives a point weight 0.
+        absolute_sigma: if True, sigma is in absolute units and pcov is (JᵀJ)⁻¹; if False
+            (scipy's default) only the relative sizes of sigma matter and pcov is scaled by the
+            reduced χ².
+        check_finite: raise if the data contain NaN or inf (default: True unless nan_policy is
+            "omit" or "propagate"). Only checked for concrete data (outside `jit`/`vmap`).
+        bounds: box constraints are not supported yet; only the default (-inf, inf).
+        method: None or "lm" (jaxlm's Levenberg–Marquardt, or `solver`).
+        jac: the Jacobian of `f`: `jac(x, *params)` of shape (m, n), as in scipy.
+        full_output: also return `infodict`, `mesg` and `ier`, as scipy does.
+        nan_policy: None or "raise" (an error for NaN in the data), "omit" (leave those points
+            out: weight 0), "propagate" (fit anyway; the fit then reports a non-finite status).
+        mask: booleans of the shape of `ydata`: False leaves a point out (datasets of different
+            lengths in one batch).
+        loss, f_scale: a robust loss, as in `scipy.optimize.least_squares`.
+        solver, max_steps: as for `jaxlm.least_squares`.
+
+    Returns:
+        `(popt, pcov)`, with a leading batch axis for a batch; with `full_output`,
+        `(popt, pcov, infodict, mesg, ier)`, where `infodict` has `fvec` (the whitened
+        residuals), `nfev`, `njev`, `num_steps`, `status`, `success`, `covariance_singular`
+        (True where pcov is inf) and `solution` (the `jaxlm.Solution`); `mesg` is the status
+        message (None under `jit`: use `jaxlm.Status(int(ier)).message` outside) and `ier` the
+        `jaxlm.Status` code.
+
+    Failure does not raise (a batch goes on when one fit fails): check `infodict["success"]`.
+    """
+    if bounds is not None and not _is_unbounded(bounds):
+        raise NotImplementedError(
+            "curve_fit does not support bounds yet; leave bounds=(-inf, inf), or reparametrise "
+            "(e.g. fit log(p) for p > 0)."
+        )
+    if method not in (None, "lm"):
+        raise ValueError(f"method must be None or 'lm' (jaxlm's solvers; see solver=), got {method!r}.")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}.")
+    check_loss(loss, f_scale)
+    if jac is not None and loss != "linear":
+        raise ValueError("jac with a robust loss is not supported: drop jac (JAX differentiates f).")
+    if jac is not None and not callable(jac):
+        raise TypeError(f"jac must be callable as jac(x, *params), got {jac!r}.")
+
+    ydata = jnp.asarray(ydata)
+    if not jnp.issubdtype(ydata.dtype, jnp.floating):
+        ydata = ydata.astype(jnp.result_type(float))
+    dtype = ydata.dtype
+    xdata = jax.tree.map(lambda leaf: _as_float(leaf, dtype), xdata)
+    num_params = _num_params(f, p0)
+    p0 = jnp.ones(num_params, dtype) if p0 is None else jnp.asarray(p0, dtype)
+
+    single_p0 = p0 if p0.ndim == 1 else p0[0]
+    model_shape = _model_shape(f, xdata, single_p0)
+    if ydata.shape == model_shape:
+        batch = None
+    elif ydata.shape[1:] == model_shape:
+        batch = ydata.shape[0]
+    else:
+        raise ValueError(
+            f"f(xdata, *p0) has shape {model_shape} but ydata has shape {ydata.shape}: they must match "
+            "(or ydata may have one extra leading axis, a batch of datasets)."
+        )
+    if p0.ndim != 1 and not (batch is not None and p0.shape == (batch, num_params)):
+        raise ValueError(
+            f"p0 must have shape ({num_params},), or ({batch}, {num_params}) for a batch; got {p0.shape}."
+        )
+
+    if check_finite is None:
+        check_finite = nan_policy not in ("omit", "propagate")
+    if check_finite or nan_policy == "raise":
+        for name, value in (("ydata", ydata), *(("xdata", leaf) for leaf in jax.tree.leaves(xdata))):
+            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+                raise ValueError(
+                    f"{name} contains NaN or inf: remove those points, or pass nan_policy='omit' to "
+                    "leave them out of the fit (or 'propagate' to fit anyway)."
+                )
+
+    weights, factor = _whitening(sigma, ydata, model_shape, batch, dtype)
+    keep = jnp.ones(ydata.shape, bool) if mask is None else _as_mask(mask, ydata.shape)
+    if nan_policy == "omit":
+        keep = keep & jnp.isfinite(ydata)
+        for leaf in jax.tree.leaves(xdata):
+            if jnp.shape(leaf) == model_shape:
+                keep = keep & jnp.isfinite(leaf)
+    if factor is not None and (mask is not None or nan_policy == "omit"):
+        raise ValueError(
+            "mask and nan_policy='omit' work with 1-D sigma only: with a covariance matrix, leaving "
+            "points out changes the covariance of the others; pass the covariance of the kept points."
+        )
+    ydata = jnp.where(keep, ydata, 0) if (mask is not None or nan_policy == "omit") else ydata
+    if weights is not None or mask is not None or nan_policy == "omit":
+        weights = jnp.where(keep, 1 if weights is None else weights, 0).astype(dtype)
+
+    solver, adjoint = check_options(f, (), solver, LevenbergMarquardt(), max_steps, None, 0)
+    options = _FitOptions(
+        f=f,
+        jac=jac,
+        loss=loss,
+        absolute_sigma=bool(absolute_sigma),
+        solver=solver,
+        adjoint=adjoint,
+        max_steps=int(max_steps),
+    )
+    f_scale = jnp.asarray(f_scale, dtype)
+    if batch is None:
+        popt, pcov, (solution, singular) = _fit(options, xdata, ydata, weights, factor, p0, f_scale)
+    else:
+        axes = (
+            None,
+            0,
+            _batch_axis(weights, ydata.ndim),
+            _batch_axis(factor, 3),
+            0 if p0.ndim == 2 else None,
+        )
+        popt, pcov, (solution, singular) = _fit_batch(
+            options, axes, xdata, ydata, weights, factor, p0, f_scale
+        )
+    if not full_output:
+        return popt, pcov
+    infodict = {
+        "fvec": solution.residual,
+        "nfev": solution.num_fev,
+        "njev": solution.num_jev,
+        "num_steps": solution.num_steps,
+        "status": solution.status,
+        "success": solution.success,
+        "covariance_singular": singular,
+        "solution": solution,
+    }
+    traced = isinstance(solution.status, jax.core.Tracer)
+    return popt, pcov, infodict, None if traced else solution.message, solution.status
+
+
+class _FitOptions(eqx.Module):
+    f: Callable = eqx.field(static=True)
+    jac: Callable | None = eqx.field(static=True)
+    loss: str = eqx.field(static=True)
+    absolute_sigma: bool = eqx.field(static=True)
+    solver: AbstractSolver
+    adjoint: AbstractAdjoint
+    max_steps: int = eqx.field(static=True)
+
+
+@eqx.filter_jit
+def _fit_batch(options, axes, xdata, ydata, weights, factor, p0, f_scale):
+    def one(xdata, ydata, weights, factor, p0):
+        return _fit(options, xdata, ydata, weights, factor, p0, f_scale)
+
+    return jax.vmap(one, in_axes=axes)(xdata, ydata, weights, factor, p0)
+
+
+@eqx.filter_jit
+def _fit(options, xdata, ydata, weights, factor, p0, f_scale):
+    f, model_jac = options.f, options.jac
+
+    def whiten(difference):
+        if factor is not None:
+            return solve_triangular(factor, difference, lower=True)
+        if weights is not None:
+            return jnp.where(weights > 0, weights * difference, 0)
+        return difference
+
+    def residual(params, xdata, ydata):
+        return whiten(f(xdata, *_unpack(params)) - ydata)
+
+    jac = None
+    if model_jac is not None:
+
+        def jac(params, xdata, ydata):
+            matrix = jnp.asarray(model_jac(xdata, *_unpack(params))).reshape(ydata.size, params.size)
+            if factor is not None:
+                return solve_triangular(factor, matrix, lower=True)
+            if weights is not None:
+                return jnp.where(weights.reshape(-1, 1) > 0, weights.reshape(-1, 1) * matrix, 0)
+            return matrix
+
+    solution = _least_squares(
+        residual,
+        p0,
+        (xdata, ydata),
+        options.solver,
+        options.max_steps,
+        jac,
+        False,
+        options.adjoint,
+        0,
+        options.loss,
+        f_scale,
+    )
+    popt = solution.params
+    whitened = residual(popt, xdata, ydata).ravel()
+    jacobian = jax.jacfwd(lambda p: residual(p, xdata, ydata).ravel())(popt)
+    if options.loss != "linear":
+        jacobian = robust_jacobian_weights(whitened, options.loss, f_scale)[:, None] * jacobian
+    num_points = whitened.size if weights is None else jnp.sum(weights > 0)
+    pcov, singular = _covariance(jacobian, 2 * solution.cost, num_points, options.absolute_sigma)
+    solution = eqx.tree_at(lambda s: s.residual, solution, whitened)
+    return popt, pcov, (solution, singular)
+
+
+def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma):
+    """scipy's pcov: (JᵀJ)⁻¹ from the SVD of J, scaled by the reduced χ² unless absolute_sigma."""
+    num_params = jacobian.shape[1]
+    _, singular_values, vt = jnp.linalg.svd(jacobian, full_matrices=False)
+    threshold = jnp.finfo(jacobian.dtype).eps * max(jacobian.shape) * singular_values[0]
+    rank_deficient = jnp.any(singular_values <= threshold)
+    safe = jnp.where(singular_values > threshold, singular_values, 1)
+    pcov = (vt.T / safe**2) @ vt
+    if not absolute_sigma:
+        degrees_of_freedom = num_points - num_params
+        pcov = pcov * sum_of_squares / jnp.where(degrees_of_freedom > 0, degrees_of_freedom, 1)
+        rank_deficient = rank_deficient | (degrees_of_freedom <= 0)
+    return jnp.where(rank_deficient, jnp.inf, pcov), rank_deficient
+
+
+def _unpack(params):
+    return [params[i] for i in range(params.shape[0])]
+
+
+def _is_unbounded(bounds) -> bool:
+    try:
+        lower, upper = bounds
+        return bool(np.all(np.asarray(lower) == -np.inf) and np.all(np.asarray(upper) == np.inf))
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_float(leaf, dtype):
+    leaf = jnp.asarray(leaf)
+    return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+
+def _num_params(f, p0) -> int:
+    if p0 is not None:
+        shape = np.shape(p0)
+        if len(shape) not in (1, 2) or shape[-1] == 0:
+            raise ValueError(
+                f"p0 must be a 1-D array of starting values (or 2-D for a batch), got shape {shape}."
+            )
+        return shape[-1]
+    try:
+        parameters = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        parameters = None
+    if parameters is None or any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        raise ValueError(
+            "p0 is needed: the number of parameters cannot be read from f's signature (f takes *args); "
+            "pass p0 with one starting value per parameter."
+        )
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        raise ValueError("f must take the independent variable and at least one parameter: f(x, p1, ...).")
+    return len(positional) - 1
+
+
+def _model_shape(f, xdata, p0) -> tuple[int, ...]:
+    try:
+        out = jax.eval_shape(lambda x, p: f(x, *_unpack(p)), xdata, p0)
+    except TypeError as error:
+        raise TypeError(
+            f"calling f(xdata, *p0) with {p0.shape[0]} parameters failed ({error}); check that p0 has "
+            "one value per parameter of f."
+        ) from error
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(f"f must return one array, got {jax.tree.structure(out)}.")
+    if out.shape == ():
+        raise ValueError(
+            "f returned a scalar; it must return one value per data point (an array like ydata)."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"f returned dtype {out.dtype}; it must return floating-point values.")
+    return out.shape
+
+
+def _as_mask(mask, shape):
+    mask = jnp.asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be booleans (True: use the point), got dtype {mask.dtype}.")
+    if mask.shape != shape:
+        try:
+            mask = jnp.broadcast_to(mask, shape)
+        except ValueError:
+            raise ValueError(
+                f"mask has shape {mask.shape}; it must have the shape of ydata, {shape}."
+            ) from None
+    return mask
+
+
+def _whitening(sigma, ydata, model_shape, batch, dtype) -> tuple[Array | None, Array | None]:
+    """(weights 1/σ, None) for standard deviations, (None, L) for a covariance Σ = LLᵀ."""
+    if sigma is None:
+        return None, None
+    sigma = jnp.asarray(sigma, dtype)
+    is_concrete = not isinstance(sigma, jax.core.Tracer)
+    if sigma.shape in (ydata.shape, model_shape):
+        if is_concrete and not np.all(np.asarray(sigma) > 0):
+            raise ValueError("sigma must be > 0 (standard deviations; inf leaves a point out, as does mask).")
+        return jnp.broadcast_to(1 / sigma, ydata.shape), None
+    m = int(np.prod(model_shape))
+    covariance_shapes = [(m, m)] + ([(batch, m, m)] if batch is not None else [])
+    if len(model_shape) == 1 and sigma.shape in covariance_shapes:
+        factor = jnp.linalg.cholesky(sigma)
+        if is_concrete and not np.all(np.isfinite(np.asarray(factor))):
+            raise ValueError("sigma (a covariance matrix) must be symmetric positive definite.")
+        return None, factor
+    raise ValueError(
+        f"sigma has shape {sigma.shape}; expected the shape of ydata {ydata.shape} (standard deviations)"
+        + (f" or of one dataset {model_shape}" if batch is not None else "")
+        + (f", or {covariance_shapes} (a covariance matrix)" if len(model_shape) == 1 else "")
+        + "."
+    )
+
+
+def _batch_axis(value, batched_ndim):
+    if value is None:
+        return None
+    return 0 if value.ndim == batched_ndim else None

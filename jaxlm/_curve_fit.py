@@ -28,8 +28,8 @@ from jaxtyping import Array, ArrayLike
 
 from ._implicit import AbstractAdjoint
 from ._least_squares import _least_squares, check_options
-from ._loop import AbstractSolver
-from ._loss import Loss, check_loss, robust_jacobian_weights
+from ._loop import AbstractSolver, pinned_free
+from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual
 from ._solver import LevenbergMarquardt
 
 NAN_POLICIES = (None, "raise", "omit", "propagate")
@@ -50,6 +50,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     mask: ArrayLike | None = None,
+    fixed: ArrayLike | None = None,
     loss: Loss = "linear",
     f_scale: float = 1.0,
     solver=None,
@@ -73,7 +74,11 @@ def curve_fit(
             reduced χ².
         check_finite: raise if the data contain NaN or inf (default: True unless nan_policy is
             "omit" or "propagate"). Only checked for concrete data (outside `jit`/`vmap`).
-        bounds: box constraints are not supported yet; only the default (-inf, inf).
+        bounds: box constraints `(lower, upper)`, each a scalar or an array of length n, as in
+            scipy (LevenbergMarquardt only; the steps are projected onto the box). A parameter
+            that ends at a bound the data push against is pinned there: its row and column of
+            pcov are NaN (it has no covariance), the others are those of the free parameters
+            with the pinned ones held, and its derivative is 0.
         method: None or "lm" (jaxlm's Levenberg–Marquardt, or `solver`).
         jac: the Jacobian of `f`: `jac(x, *params)` of shape (m, n), as in scipy.
         full_output: also return `infodict`, `mesg` and `ier`, as scipy does.
@@ -81,6 +86,8 @@ def curve_fit(
             out: weight 0), "propagate" (fit anyway; the fit then reports a non-finite status).
         mask: booleans of the shape of `ydata`: False leaves a point out (datasets of different
             lengths in one batch).
+        fixed: booleans of length n: True holds that parameter at its value in p0 (lmfit's
+            `vary=False`); it is left out of pcov (NaN) and of the degrees of freedom.
         loss, f_scale: a robust loss, as in `scipy.optimize.least_squares`.
         solver, max_steps: as for `jaxlm.least_squares`.
 
@@ -94,11 +101,6 @@ def curve_fit(
 
     Failure does not raise (a batch goes on when one fit fails): check `infodict["success"]`.
     """
-    if bounds is not None and not _is_unbounded(bounds):
-        raise NotImplementedError(
-            "curve_fit does not support bounds yet; leave bounds=(-inf, inf), or reparametrise "
-            "(e.g. fit log(p) for p > 0)."
-        )
     if method not in (None, "lm"):
         raise ValueError(f"method must be None or 'lm' (jaxlm's solvers; see solver=), got {method!r}.")
     if nan_policy not in NAN_POLICIES:
@@ -160,6 +162,12 @@ def curve_fit(
         weights = jnp.where(keep, 1 if weights is None else weights, 0).astype(dtype)
 
     solver, adjoint = check_options(f, (), solver, LevenbergMarquardt(), max_steps, None, 0)
+    box = _box(bounds, fixed, p0, num_params, dtype)
+    if box is not None and not isinstance(solver, LevenbergMarquardt):
+        raise ValueError(
+            f"bounds and fixed parameters need LevenbergMarquardt, not {type(solver).__name__}: use "
+            "solver=jaxlm.LevenbergMarquardt() (the default)."
+        )
     options = _FitOptions(
         f=f,
         jac=jac,
@@ -171,7 +179,7 @@ def curve_fit(
     )
     f_scale = jnp.asarray(f_scale, dtype)
     if batch is None:
-        popt, pcov, (solution, singular) = _fit(options, xdata, ydata, weights, factor, p0, f_scale)
+        popt, pcov, (solution, singular) = _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
     else:
         axes = (
             None,
@@ -181,7 +189,7 @@ def curve_fit(
             0 if p0.ndim == 2 else None,
         )
         popt, pcov, (solution, singular) = _fit_batch(
-            options, axes, xdata, ydata, weights, factor, p0, f_scale
+            options, axes, xdata, ydata, weights, factor, p0, f_scale, box
         )
     if not full_output:
         return popt, pcov
@@ -210,15 +218,15 @@ class _FitOptions(eqx.Module):
 
 
 @eqx.filter_jit
-def _fit_batch(options, axes, xdata, ydata, weights, factor, p0, f_scale):
+def _fit_batch(options, axes, xdata, ydata, weights, factor, p0, f_scale, box):
     def one(xdata, ydata, weights, factor, p0):
-        return _fit(options, xdata, ydata, weights, factor, p0, f_scale)
+        return _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
 
     return jax.vmap(one, in_axes=axes)(xdata, ydata, weights, factor, p0)
 
 
 @eqx.filter_jit
-def _fit(options, xdata, ydata, weights, factor, p0, f_scale):
+def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
     f, model_jac = options.f, options.jac
 
     def whiten(difference):
@@ -242,6 +250,10 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale):
                 return jnp.where(weights.reshape(-1, 1) > 0, weights.reshape(-1, 1) * matrix, 0)
             return matrix
 
+    bounds = None
+    if box is not None:
+        lower, upper, fixed = box
+        bounds = (jnp.where(fixed, p0, lower), jnp.where(fixed, p0, upper))
     solution = _least_squares(
         residual,
         p0,
@@ -254,6 +266,7 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale):
         0,
         options.loss,
         f_scale,
+        bounds,
     )
     popt = solution.params
     whitened = residual(popt, xdata, ydata).ravel()
@@ -261,36 +274,70 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale):
     if options.loss != "linear":
         jacobian = robust_jacobian_weights(whitened, options.loss, f_scale)[:, None] * jacobian
     num_points = whitened.size if weights is None else jnp.sum(weights > 0)
-    pcov, singular = _covariance(jacobian, 2 * solution.cost, num_points, options.absolute_sigma)
+    free = jnp.ones(popt.shape, bool)
+    if bounds is not None:
+
+        def cost(params):
+            robust = robust_residual(residual(params, xdata, ydata), options.loss, f_scale)
+            return 0.5 * jnp.sum(robust**2)
+
+        free = pinned_free(popt, jax.grad(cost)(popt), *bounds)
+    pcov, singular = _covariance(jacobian, 2 * solution.cost, num_points, options.absolute_sigma, free)
     solution = eqx.tree_at(lambda s: s.residual, solution, whitened)
     return popt, pcov, (solution, singular)
 
 
-def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma):
-    """scipy's pcov: (JᵀJ)⁻¹ from the SVD of J, scaled by the reduced χ² unless absolute_sigma."""
-    num_params = jacobian.shape[1]
+def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma, free):
+    """scipy's pcov: (JᵀJ)⁻¹ from the SVD of J, scaled by the reduced χ² unless absolute_sigma.
+
+    Pinned or fixed parameters (not `free`) are held: their columns of J are dropped (zeroed),
+    their entries are NaN, and they do not count as parameters in the degrees of freedom.
+    """
+    jacobian = jnp.where(free[None, :], jacobian, 0)
+    num_free = jnp.sum(free)
     _, singular_values, vt = jnp.linalg.svd(jacobian, full_matrices=False)
     threshold = jnp.finfo(jacobian.dtype).eps * max(jacobian.shape) * singular_values[0]
-    rank_deficient = jnp.any(singular_values <= threshold)
-    safe = jnp.where(singular_values > threshold, singular_values, 1)
-    pcov = (vt.T / safe**2) @ vt
+    kept = singular_values > threshold
+    rank_deficient = jnp.sum(kept) < num_free
+    inverse_squares = jnp.where(kept, 1 / jnp.where(kept, singular_values, 1) ** 2, 0)
+    pcov = (vt.T * inverse_squares) @ vt
     if not absolute_sigma:
-        degrees_of_freedom = num_points - num_params
+        degrees_of_freedom = num_points - num_free
         pcov = pcov * sum_of_squares / jnp.where(degrees_of_freedom > 0, degrees_of_freedom, 1)
         rank_deficient = rank_deficient | (degrees_of_freedom <= 0)
-    return jnp.where(rank_deficient, jnp.inf, pcov), rank_deficient
+    pcov = jnp.where(rank_deficient, jnp.inf, pcov)
+    return jnp.where(free[:, None] & free[None, :], pcov, jnp.nan), rank_deficient
 
 
 def _unpack(params):
     return [params[i] for i in range(params.shape[0])]
 
 
-def _is_unbounded(bounds) -> bool:
+def _box(bounds, fixed, p0, num_params, dtype):
+    """(lower, upper, fixed) as arrays of length n, checked against p0; None if there are none."""
+    if fixed is not None:
+        fixed = jnp.asarray(fixed)
+        if fixed.dtype != bool or fixed.shape != (num_params,):
+            raise ValueError(f"fixed must be {num_params} booleans (True: hold at p0), got {fixed!r}.")
+    if bounds is None:
+        bounds = (-np.inf, np.inf)
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise TypeError(f"bounds must be a pair (lower, upper), got {bounds!r}.")
     try:
-        lower, upper = bounds
-        return bool(np.all(np.asarray(lower) == -np.inf) and np.all(np.asarray(upper) == np.inf))
-    except (TypeError, ValueError):
-        return False
+        lower, upper = (jnp.broadcast_to(jnp.asarray(b, dtype), (num_params,)) for b in bounds)
+    except ValueError:
+        raise ValueError(
+            f"bounds must be scalars or arrays of length {num_params} (one per parameter), got {bounds!r}."
+        ) from None
+    if not any(isinstance(v, jax.core.Tracer) for v in (lower, upper, p0)):
+        lower_np, upper_np, p0_np = np.asarray(lower), np.asarray(upper), np.asarray(p0)
+        if np.any(np.isnan(lower_np)) or np.any(np.isnan(upper_np)) or np.any(lower_np > upper_np):
+            raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
+        if np.any(p0_np < lower_np) or np.any(p0_np > upper_np):
+            raise ValueError("p0 is outside the bounds: start from lower <= p0 <= upper.")
+        if fixed is None and np.all(lower_np == -np.inf) and np.all(upper_np == np.inf):
+            return None
+    return lower, upper, jnp.zeros(num_params, bool) if fixed is None else fixed
 
 
 def _as_float(leaf, dtype):

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float
 
+from ._loop import pinned_free
 from ._solution import SUCCESS_CODES, Status
 
 # A solve as the adjoints see it: `primal(inputs, loop_kind)` runs the solver and returns
@@ -50,7 +51,8 @@ class AbstractAdjoint(eqx.Module):
     """How derivatives of a solution with respect to `args` are computed."""
 
     @abc.abstractmethod
-    def apply(self, primal: PrimalFn, evaluate: EvaluateFn, inputs: Any) -> tuple: ...
+    def apply(self, primal: PrimalFn, evaluate: EvaluateFn, inputs: Any, bounds=None) -> tuple:
+        """Run `primal` with derivatives through it; `bounds` (flat lower, upper) or None."""
 
 
 class ImplicitAdjoint(AbstractAdjoint):
@@ -72,8 +74,8 @@ class ImplicitAdjoint(AbstractAdjoint):
         if self.hessian not in ("exact", "gauss_newton"):
             raise ValueError(f"hessian must be 'exact' or 'gauss_newton', got {self.hessian!r}.")
 
-    def apply(self, primal, evaluate, inputs):
-        return _implicit_solve(inputs, primal=primal, evaluate=evaluate, hessian=self.hessian)
+    def apply(self, primal, evaluate, inputs, bounds=None):
+        return _implicit_solve((inputs, bounds), primal=primal, evaluate=evaluate, hessian=self.hessian)
 
 
 class UnrolledAdjoint(AbstractAdjoint):
@@ -86,20 +88,21 @@ class UnrolledAdjoint(AbstractAdjoint):
     it no larger than the fit needs.
     """
 
-    def apply(self, primal, evaluate, inputs):
-        del evaluate
+    def apply(self, primal, evaluate, inputs, bounds=None):
+        del evaluate, bounds  # the projection onto the box is differentiated like every other step
         return primal(inputs, "bounded")
 
 
 @eqx.filter_custom_jvp
-def _implicit_solve(inputs, *, primal, evaluate, hessian):
+def _implicit_solve(inputs_and_bounds, *, primal, evaluate, hessian):
+    inputs, _ = inputs_and_bounds  # the bounds are read by the derivative rule only
     return primal(inputs, "lax")
 
 
 @_implicit_solve.def_jvp
 def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
-    (inputs,) = primals
-    (tangent_inputs,) = tangents
+    ((inputs, bounds),) = primals
+    ((tangent_inputs, _),) = tangents  # the bounds are not differentiated
     x, r, cost, state, num_steps, trace = primal(inputs, "lax")
 
     # Split the inputs into those with a tangent (differentiated) and the rest.
@@ -123,13 +126,19 @@ def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
         jac = jax.jacfwd(lambda x: evaluate_at(x, diff_inputs)[1])(x)
         matrix = jac.T @ jac
     matrix = 0.5 * (matrix + matrix.T)
+    _, mixed = jax.jvp(lambda d: gradient(x, d), (diff_inputs,), (tangent_inputs,))
+    if bounds is not None:
+        # Parameters pinned at a bound stay there for small changes of θ: ẋᵢ = 0, and the free
+        # ones solve the reduced system H_ff ẋ_f = −(∂θ∇ₓF·θ̇)_f.
+        free = pinned_free(x, gradient(x, diff_inputs), *bounds)
+        matrix = jnp.where(free[:, None] & free[None, :], matrix, 0) + jnp.diag(jnp.where(free, 0, 1))
+        mixed = jnp.where(free, mixed, 0)
     eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
     cutoff = matrix.shape[0] * jnp.finfo(matrix.dtype).eps * jnp.max(jnp.abs(eigenvalues))
     kept = jnp.abs(eigenvalues) > cutoff
     inverse_eigenvalues = jnp.where(kept, 1 / jnp.where(kept, eigenvalues, 1), 0)
 
     # H ẋ = −∂θ∇ₓF · θ̇, then the tangents of the cost and the residuals at (x*, θ) follow.
-    _, mixed = jax.jvp(lambda d: gradient(x, d), (diff_inputs,), (tangent_inputs,))
     tangent_x = -(eigenvectors @ (inverse_eigenvalues * (eigenvectors.T @ mixed)))
     _, (tangent_cost, tangent_r) = jax.jvp(evaluate_at, (x, diff_inputs), (tangent_x, tangent_inputs))
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import ArrayLike, PyTree
+from jaxtyping import Array, ArrayLike, PyTree
 
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
@@ -30,6 +30,7 @@ def least_squares(
     trace: int = 0,
     loss: Loss = "linear",
     f_scale: float = 1.0,
+    bounds: tuple[Any, Any] | None = None,
 ) -> Solution:
     """Minimise ½‖fun(params, *args)‖² over `params`, starting from `x0`.
 
@@ -60,6 +61,10 @@ def least_squares(
             outliers: "soft_l1", "huber", "cauchy" or "arctan", as defined by
             `scipy.optimize.least_squares`; the cost is then ½·f_scale²·Σ ρ((rᵢ/f_scale)²).
         f_scale: the residual size where a robust loss departs from least squares.
+        bounds: box constraints `(lower, upper)` with lower ≤ params ≤ upper (LevenbergMarquardt
+            only): each a scalar, a flat array of all parameters, or a pytree like `x0`; ±inf
+            for no bound; lower = upper holds a parameter fixed. A parameter that ends at a
+            bound the cost pushes against is pinned: its derivative with respect to `args` is 0.
 
     Returns:
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
@@ -76,9 +81,58 @@ def least_squares(
         )
     x0 = as_float_params(x0)
     f_scale = jnp.asarray(f_scale, ravel_pytree(x0)[0].dtype)
+    bounds = flat_bounds(bounds, x0)
+    if bounds is not None and not isinstance(solver, LevenbergMarquardt):
+        raise ValueError(
+            f"bounds are supported by LevenbergMarquardt only, not {type(solver).__name__}: use "
+            "solver=jaxlm.LevenbergMarquardt(), or reparametrise the bounded parameters."
+        )
     return _least_squares(
-        fun, x0, args, solver, int(max_steps), jac, throw, adjoint, int(trace), loss, f_scale
+        fun, x0, args, solver, int(max_steps), jac, throw, adjoint, int(trace), loss, f_scale, bounds
     )
+
+
+def flat_bounds(bounds, x0) -> tuple[Array, Array] | None:
+    """(lower, upper) as flat arrays in `ravel_pytree` order, checked; None when unbounded."""
+    if bounds is None:
+        return None
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        raise TypeError(f"bounds must be a pair (lower, upper), got {bounds!r}.")
+    x_flat, _ = ravel_pytree(x0)
+    n = x_flat.size
+
+    def flat(bound, name):
+        shape_error = ValueError(
+            f"the {name} bound does not match the parameters: use a scalar, an array of all {n} "
+            "parameters, or a pytree with the structure of x0."
+        )
+        if jax.tree.structure(bound) == jax.tree.structure(x0):
+            try:
+                leaves = [
+                    jnp.broadcast_to(jnp.asarray(b, x_flat.dtype), jnp.shape(leaf))
+                    for b, leaf in zip(jax.tree.leaves(bound), jax.tree.leaves(x0), strict=True)
+                ]
+            except ValueError:
+                raise shape_error from None
+            return jnp.concatenate([jnp.ravel(b) for b in leaves])
+        if np.ndim(bound) == 0:
+            return jnp.full((n,), bound, x_flat.dtype)
+        bound = jnp.asarray(bound, x_flat.dtype)
+        if bound.shape != (n,):
+            raise shape_error
+        return bound
+
+    lower, upper = flat(bounds[0], "lower"), flat(bounds[1], "upper")
+    concrete = not any(isinstance(v, jax.core.Tracer) for v in (lower, upper, x_flat))
+    if concrete:
+        lower_np, upper_np, x_np = np.asarray(lower), np.asarray(upper), np.asarray(x_flat)
+        if np.any(np.isnan(lower_np)) or np.any(np.isnan(upper_np)) or np.any(lower_np > upper_np):
+            raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
+        if np.any(x_np < lower_np) or np.any(x_np > upper_np):
+            raise ValueError("x0 is outside the bounds: start from a point with lower <= x0 <= upper.")
+        if np.all(lower_np == -np.inf) and np.all(upper_np == np.inf):
+            return None
+    return lower, upper
 
 
 def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):
@@ -154,7 +208,7 @@ def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
     return out
 
 
-def build_problem(fun, jac, args, x0, residual_shape) -> Problem:
+def build_problem(fun, jac, args, x0, residual_shape, bounds=None) -> Problem:
     """The flat problem the solvers see: residuals and Jacobian as functions of a flat vector."""
     x_flat, unravel = ravel_pytree(x0)
 
@@ -163,14 +217,27 @@ def build_problem(fun, jac, args, x0, residual_shape) -> Problem:
 
     if jac is None:
         num_residuals = int(np.prod(residual_shape))
-        autodiff = jax.jacfwd if num_residuals >= x_flat.size else jax.jacrev
-        return Problem(residual, autodiff(residual))
-    return Problem(residual, _user_jacobian(jac, unravel, args, x0, residual_shape, x_flat.dtype))
+        jacobian = (jax.jacfwd if num_residuals >= x_flat.size else jax.jacrev)(residual)
+    else:
+        jacobian = _user_jacobian(jac, unravel, args, x0, residual_shape, x_flat.dtype)
+    lower, upper = (None, None) if bounds is None else bounds
+    return Problem(residual, jacobian, lower=lower, upper=upper)
 
 
 @eqx.filter_jit
 def _least_squares(
-    fun, x0, args, solver, max_steps, jac, throw, adjoint, trace_steps, loss="linear", f_scale=1.0
+    fun,
+    x0,
+    args,
+    solver,
+    max_steps,
+    jac,
+    throw,
+    adjoint,
+    trace_steps,
+    loss="linear",
+    f_scale=1.0,
+    bounds=None,
 ) -> Solution:
     out = check_residuals(fun, x0, args)
     unravel = ravel_pytree(x0)[1]
@@ -185,20 +252,21 @@ def _least_squares(
     fun = eqx.filter_closure_convert(fun, x0, *args)
     if jac is not None:
         jac = eqx.filter_closure_convert(jac, x0, *args)
-    inputs = (fun, jac, args, x0, solver)
+    inputs = (fun, jac, args, x0, solver, bounds)
 
     def evaluate(x, inputs):
-        fun, _, args, _, _ = inputs
+        fun, _, args, *_ = inputs
         r = jnp.ravel(fun(unravel(x), *args))
         return 0.5 * jnp.sum(r**2), r
 
     def primal(inputs, loop_kind):
-        fun, jac, args, x0, solver = inputs
-        problem = build_problem(fun, jac, args, x0, out.shape)
-        state, num_steps, trace = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind, trace_steps)
+        fun, jac, args, x0, solver, bounds = inputs
+        problem = build_problem(fun, jac, args, x0, out.shape, bounds)
+        x0 = problem.project(ravel_pytree(x0)[0])  # only a traced x0 can be outside: checked before
+        state, num_steps, trace = run(solver, problem, x0, max_steps, loop_kind, trace_steps)
         return state.x, state.residual, state.cost, state, num_steps, trace
 
-    x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs)
+    x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs, bounds)
     if loss != "linear":  # report the model's residuals, not the solver's rescaled ones
         r = model_residual(unravel(x), *args)
     return make_solution(

@@ -19,7 +19,7 @@ import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._solution import Status
 from ._trace import StepInfo, StepKind, Trace, empty_trace, record
@@ -35,6 +35,12 @@ class Problem(eqx.Module):
     residual: Callable[[Float[Array, " n"]], Float[Array, " m"]] | None
     jacobian: Callable[[Float[Array, " n"]], Float[Array, "m n"]] | None
     scalar_cost: Callable[[Float[Array, " n"]], Float[Array, ""]] | None = None
+    lower: Float[Array, " n"] | None = None  # box constraints lower ≤ x ≤ upper (None: none)
+    upper: Float[Array, " n"] | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.lower is not None
 
     def cost(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         """F(x): ½‖r(x)‖², or the scalar cost of `minimize`."""
@@ -60,12 +66,31 @@ class Problem(eqx.Module):
         hessian, gradient = jax.jacfwd(lambda x: (self.gradient(x),) * 2, has_aux=True)(x)
         return gradient, hessian
 
+    def project(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        """x moved into the box (the identity without bounds)."""
+        return x if not self.bounded else jnp.clip(x, self.lower, self.upper)
+
+    def free_variables(self, x: Float[Array, " n"], grad: Float[Array, " n"]) -> Bool[Array, " n"]:
+        """The parameters that may move: all but those at a bound that the gradient pushes
+        against, and those fixed by lower = upper (the active set of projected Newton methods,
+        Bertsekas 1982)."""
+        if not self.bounded:
+            return jnp.ones(x.shape, bool)
+        return pinned_free(x, grad, self.lower, self.upper)
+
     def require_residuals(self, solver_name: str) -> None:
         if self.residual is None:
             raise ValueError(
                 f"{solver_name} needs residuals: call jaxlm.least_squares(fun, ...) with a residual "
                 "function, or use a Newton-type solver (NewtonRaphson, DampedNewton) with jaxlm.minimize."
             )
+
+
+def pinned_free(x, grad, lower, upper) -> Bool[Array, " n"]:
+    """~pinned, pinned = (at the lower bound and ∂F/∂x > 0) or (at the upper bound and ∂F/∂x < 0)
+    or lower = upper."""
+    pinned = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)) | (lower == upper)
+    return ~pinned
 
 
 class AbstractSolver(eqx.Module):

@@ -243,7 +243,18 @@ def _star_args_model(x, *params):
         (lambda: jaxlm.curve_fit(decay, X, np.ones(40), nan_policy="drop"), ValueError, "nan_policy"),
         (lambda: jaxlm.curve_fit(decay, X, np.ones(40), loss="l1"), ValueError, "loss must be"),
         (lambda: jaxlm.curve_fit(decay, X, np.ones(40), method="trf"), ValueError, "method"),
-        (lambda: jaxlm.curve_fit(decay, X, np.ones(40), bounds=(0, 10)), NotImplementedError, "bounds"),
+        (lambda: jaxlm.curve_fit(decay, X, np.ones(40), bounds=(1, 0)), ValueError, "lower <= upper"),
+        (
+            lambda: jaxlm.curve_fit(decay, X, np.ones(40), p0=[1, 1, 0], bounds=(0.5, 2)),
+            ValueError,
+            "p0 is outside",
+        ),
+        (
+            lambda: jaxlm.curve_fit(decay, X, np.ones(40), bounds=(0, 2), solver=jaxlm.HybridLMQN()),
+            ValueError,
+            "need LevenbergMarquardt",
+        ),
+        (lambda: jaxlm.curve_fit(decay, X, np.ones(40), fixed=[0, 1, 0]), ValueError, "fixed must be"),
         (
             lambda: jaxlm.curve_fit(decay, X, np.ones(40), sigma=SIGMA_2D, mask=np.ones(40, bool)),
             ValueError,
@@ -262,10 +273,64 @@ def _star_args_model(x, *params):
         "unknown nan_policy",
         "unknown loss",
         "unknown method",
-        "bounds",
+        "bounds with lower > upper",
+        "p0 outside the bounds",
+        "bounds with a solver that cannot",
+        "fixed not boolean",
         "mask with a covariance",
     ],
 )
 def test_bad_input_gets_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_bounds_that_end_inactive_agree_with_scipy():
+    y = _data(decay, (2.5, 1.3, 0.5))
+    bounds = (0.0, [10.0, 10.0, 10.0])
+    popt, pcov = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.1], bounds=bounds, sigma=SIGMA_1D)
+    expected_popt, expected_pcov = scipy.optimize.curve_fit(
+        _numpy_model(decay), X, y, p0=[1.0, 1.0, 0.1], bounds=bounds, sigma=SIGMA_1D, **TIGHT
+    )
+    assert _relative(popt, expected_popt) < 1e-6
+    assert _covariance_error(pcov, expected_pcov) < 1e-6
+
+
+def test_a_pinned_parameter_has_no_covariance_and_no_derivative():
+    y = _data(decay, (2.5, 1.3, 0.5))
+    # The data want c ≈ 0.5; with c ≥ 0.7 the fit ends on that bound and is the fit with c held.
+    popt, pcov = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.8], bounds=([0.0, 0.0, 0.7], 10.0))
+    held_popt, held_pcov = scipy.optimize.curve_fit(
+        lambda x, a, b: np.asarray(decay(x, a, b, 0.7)), X, y, p0=[1.0, 1.0], **TIGHT
+    )
+    assert popt[2] == 0.7
+    assert _relative(popt[:2], held_popt) < 1e-6
+    assert _covariance_error(pcov[:2, :2], held_pcov) < 1e-6
+    assert np.all(np.isnan(pcov[2])) and np.all(np.isnan(pcov[:, 2]))
+
+    def fitted(y):
+        return jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.8], bounds=([0.0, 0.0, 0.7], 10.0))[0]
+
+    derivative = jax.jacobian(fitted)(jnp.asarray(y))
+    np.testing.assert_array_equal(derivative[2], 0.0)
+    held = jax.jacobian(
+        lambda y: jaxlm.curve_fit(lambda x, a, b: decay(x, a, b, 0.7), X, y, p0=[1.0, 1.0])[0]
+    )
+    np.testing.assert_allclose(derivative[:2], held(jnp.asarray(y)), atol=1e-6)  # as accurate as the fits
+
+
+def test_fixed_parameters_are_held_and_left_out():
+    y = _data(decay, (2.5, 1.3, 0.5))
+    popt, pcov = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.6], fixed=np.array([False, False, True]))
+    held_popt, held_pcov = scipy.optimize.curve_fit(
+        lambda x, a, b: np.asarray(decay(x, a, b, 0.6)), X, y, p0=[1.0, 1.0], **TIGHT
+    )
+    assert popt[2] == 0.6
+    assert _relative(popt[:2], held_popt) < 1e-6
+    assert _covariance_error(pcov[:2, :2], held_pcov) < 1e-6  # m − 2 degrees of freedom, as lmfit
+    assert np.all(np.isnan(pcov[2]))
+    # In a batch each dataset holds its own p0 value.
+    p0 = np.array([[1.0, 1.0, 0.6], [1.0, 1.0, 0.4]])
+    batch_popt, _ = jaxlm.curve_fit(decay, X, np.stack([y, y]), p0=p0, fixed=np.array([False, False, True]))
+    np.testing.assert_array_equal(batch_popt[:, 2], [0.6, 0.4])
+    np.testing.assert_allclose(batch_popt[0], popt, rtol=1e-9)

@@ -29,6 +29,7 @@ Gauss–Newton step is inside the region). Then Δ ← ½·min(Δ, ‖Dh‖) whe
 A trial point whose residuals are not finite has ρ = NaN and is rejected like any other.
 """
 
+import dataclasses
 from typing import Literal
 
 import equinox as eqx
@@ -132,6 +133,7 @@ class LevenbergMarquardt(AbstractSolver):
         jac = problem.jacobian(x0)
         jtj = jac.T @ jac
         grad = jac.T @ residual
+        projected_grad = jnp.where(problem.free_variables(x0, grad), grad, 0)
         diagonal = jnp.diagonal(jtj)
         if self.scaled:
             scale = jnp.where(diagonal > 0, diagonal, 1)
@@ -152,7 +154,7 @@ class LevenbergMarquardt(AbstractSolver):
             radius=_initial_radius(x0, scale if self.scaled else jnp.ones_like(x0)),
             step_norm=jnp.asarray(jnp.inf, x0.dtype),
             accepted=jnp.array(True),
-            status=initial_status(grad, self.gtol, x0.dtype),
+            status=initial_status(projected_grad, self.gtol, x0.dtype),
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
         )
@@ -163,6 +165,18 @@ class LevenbergMarquardt(AbstractSolver):
 
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         dtype = state.x.dtype
+        unconstrained_state = state
+        if problem.bounded:
+            # Parameters pinned at a bound drop out of the model (their rows and columns of JᵀJ
+            # and their gradient become 0, so their step is 0); the trial point is projected
+            # into the box.
+            free = problem.free_variables(state.x, state.grad)
+            state = dataclasses.replace(
+                state,
+                jtj=jnp.where(free[:, None] & free[None, :], state.jtj, 0),
+                grad=jnp.where(free, state.grad, 0),
+                jac=jnp.where(free[None, :], state.jac, 0),
+            )
         mu, nu = state.damping, state.damping_growth
         if self.damping_rule == "trust_region":
             mu = _trust_region_damping(state, mu)
@@ -189,7 +203,7 @@ class LevenbergMarquardt(AbstractSolver):
             acceleration_ok = 2 * jnp.linalg.norm(weight * acceleration) <= (
                 self.geodesic_acceleration * jnp.linalg.norm(weight * velocity)
             )
-        x_trial = state.x + step
+        x_trial = problem.project(state.x + step)
         residual_trial = problem.residual(x_trial)
         cost_trial = 0.5 * jnp.sum(residual_trial**2)
 
@@ -197,6 +211,15 @@ class LevenbergMarquardt(AbstractSolver):
         # The reduction predicted by the damped model for the LM step v, L(0) − L(v) = ½vᵀ(μD²v − g) > 0
         # (with geodesic acceleration too, as Transtrum & Sethna do), so ρ > 0 means the cost went down.
         predicted_reduction = 0.5 * jnp.dot(velocity, damping_diagonal * velocity - state.grad)
+        if problem.bounded:  # for a step s cut by the box: L(0) − L(s) = −gᵀs − ½‖Js‖²
+            projected = jnp.any(x_trial != state.x + step)
+            step = x_trial - state.x
+            predicted_reduction = jnp.where(
+                projected,
+                -jnp.dot(state.grad, step) - 0.5 * jnp.sum((state.jac @ step) ** 2),
+                predicted_reduction,
+            )
+        state = unconstrained_state
         gain_ratio = actual_reduction / predicted_reduction
         accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
 
@@ -236,7 +259,7 @@ class LevenbergMarquardt(AbstractSolver):
         # that a parameter of large magnitude cannot hide the steps of the others.
         weight = jnp.sqrt(scale) if self.scaled else 1
         step_norm = jnp.linalg.norm(weight * step)
-        gtol_met = jnp.max(jnp.abs(grad)) <= gtol
+        gtol_met = jnp.max(jnp.abs(jnp.where(problem.free_variables(x, grad), grad, 0))) <= gtol
         # A step refused for its curvature says nothing about convergence, only one refused for its cost.
         xtol_met = (step_norm <= xtol * (jnp.linalg.norm(weight * x) + xtol)) & acceleration_ok
         ftol_met = (

@@ -1,6 +1,7 @@
 """jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
 
 from ._curve_fit import curve_fit as curve_fit
+from ._fit_result import FitResult as FitResult, fit as fit
 from ._implicit import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,

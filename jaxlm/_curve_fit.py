@@ -95,7 +95,9 @@ def curve_fit(
         `(popt, pcov)`, with a leading batch axis for a batch; with `full_output`,
         `(popt, pcov, infodict, mesg, ier)`, where `infodict` has `fvec` (the whitened
         residuals), `nfev`, `njev`, `num_steps`, `status`, `success`, `covariance_singular`
-        (True where pcov is inf) and `solution` (the `jaxlm.Solution`); `mesg` is the status
+        (True where pcov is inf), `num_points` and `num_varied` (the points and parameters
+        that count in the degrees of freedom), `r_squared` and `solution` (the
+        `jaxlm.Solution`); `mesg` is the status
         message (None under `jit`: use `jaxlm.Status(int(ier)).message` outside) and `ier` the
         `jaxlm.Status` code.
 
@@ -179,7 +181,7 @@ def curve_fit(
     )
     f_scale = jnp.asarray(f_scale, dtype)
     if batch is None:
-        popt, pcov, (solution, singular) = _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
+        popt, pcov, (solution, statistics) = _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
     else:
         axes = (
             None,
@@ -188,7 +190,7 @@ def curve_fit(
             _batch_axis(factor, 3),
             0 if p0.ndim == 2 else None,
         )
-        popt, pcov, (solution, singular) = _fit_batch(
+        popt, pcov, (solution, statistics) = _fit_batch(
             options, axes, xdata, ydata, weights, factor, p0, f_scale, box
         )
     if not full_output:
@@ -200,7 +202,7 @@ def curve_fit(
         "num_steps": solution.num_steps,
         "status": solution.status,
         "success": solution.success,
-        "covariance_singular": singular,
+        **statistics,
         "solution": solution,
     }
     traced = isinstance(solution.status, jax.core.Tracer)
@@ -237,13 +239,13 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
         return difference
 
     def residual(params, xdata, ydata):
-        return whiten(f(xdata, *_unpack(params)) - ydata)
+        return whiten(f(xdata, *unpack(params)) - ydata)
 
     jac = None
     if model_jac is not None:
 
         def jac(params, xdata, ydata):
-            matrix = jnp.asarray(model_jac(xdata, *_unpack(params))).reshape(ydata.size, params.size)
+            matrix = jnp.asarray(model_jac(xdata, *unpack(params))).reshape(ydata.size, params.size)
             if factor is not None:
                 return solve_triangular(factor, matrix, lower=True)
             if weights is not None:
@@ -284,7 +286,19 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
         free = pinned_free(popt, jax.grad(cost)(popt), *bounds)
     pcov, singular = _covariance(jacobian, 2 * solution.cost, num_points, options.absolute_sigma, free)
     solution = eqx.tree_at(lambda s: s.residual, solution, whitened)
-    return popt, pcov, (solution, singular)
+    # R² = 1 − χ²/χ²₀ with χ²₀ that of the (weighted) mean of the data as the model.
+    if weights is None:
+        mean = jnp.mean(ydata)
+    else:
+        mean = jnp.sum(weights**2 * ydata) / jnp.sum(weights**2)
+    total = jnp.sum(whiten(ydata - mean) ** 2)
+    statistics = {
+        "covariance_singular": singular,
+        "num_points": num_points,
+        "num_varied": jnp.sum(free),
+        "r_squared": 1 - jnp.sum(whitened**2) / total,
+    }
+    return popt, pcov, (solution, statistics)
 
 
 def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma, free):
@@ -309,7 +323,7 @@ def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma, free):
     return jnp.where(free[:, None] & free[None, :], pcov, jnp.nan), rank_deficient
 
 
-def _unpack(params):
+def unpack(params):
     return [params[i] for i in range(params.shape[0])]
 
 
@@ -370,7 +384,7 @@ def _num_params(f, p0) -> int:
 
 def _model_shape(f, xdata, p0) -> tuple[int, ...]:
     try:
-        out = jax.eval_shape(lambda x, p: f(x, *_unpack(p)), xdata, p0)
+        out = jax.eval_shape(lambda x, p: f(x, *unpack(p)), xdata, p0)
     except TypeError as error:
         raise TypeError(
             f"calling f(xdata, *p0) with {p0.shape[0]} parameters failed ({error}); check that p0 has "

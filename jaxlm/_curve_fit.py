@@ -50,6 +50,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     mask: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
     fixed: ArrayLike | None = None,
     loss: Loss = "linear",
     f_scale: float = 1.0,
@@ -86,6 +87,8 @@ def curve_fit(
             out: weight 0), "propagate" (fit anyway; the fit then reports a non-finite status).
         mask: booleans of the shape of `ydata`: False leaves a point out (datasets of different
             lengths in one batch).
+        weights: instead of sigma, lmfit's weights wᵢ = 1/σᵢ that multiply the residuals
+            (0 leaves a point out); pcov is scaled by the reduced χ² unless absolute_sigma.
         fixed: booleans of length n: True holds that parameter at its value in p0 (lmfit's
             `vary=False`); it is left out of pcov (NaN) and of the degrees of freedom.
         loss, f_scale: a robust loss, as in `scipy.optimize.least_squares`.
@@ -147,6 +150,13 @@ def curve_fit(
                     "leave them out of the fit (or 'propagate' to fit anyway)."
                 )
 
+    if weights is not None:
+        if sigma is not None:
+            raise ValueError("pass sigma or weights (= 1/sigma), not both.")
+        weights = jnp.asarray(weights, dtype)
+        if not isinstance(weights, jax.core.Tracer) and not np.all(np.asarray(weights) >= 0):
+            raise ValueError("weights must be >= 0 (1/sigma; 0 leaves a point out).")
+        sigma = jnp.where(weights > 0, 1 / jnp.where(weights > 0, weights, 1), jnp.inf)
     weights, factor = _whitening(sigma, ydata, model_shape, batch, dtype)
     keep = jnp.ones(ydata.shape, bool) if mask is None else _as_mask(mask, ydata.shape)
     if nan_policy == "omit":

@@ -219,7 +219,7 @@ def fit(
         names=parameter_names(f, num_params),
         model=f,
         absolute_sigma=bool(options.get("absolute_sigma", False)),
-        weighted=options.get("sigma") is not None,
+        weighted=options.get("sigma") is not None or options.get("weights") is not None,
         params=popt,
         stderr=stderr,
         covariance=pcov,

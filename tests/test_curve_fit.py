@@ -165,10 +165,25 @@ def test_datasets_of_different_lengths_through_a_mask():
         )
         assert _relative(popt[i], expected_popt) < 1e-6
         assert _covariance_error(pcov[i], expected_pcov) < 1e-6
-    # sigma = inf leaves a point out in the same way.
+    # sigma = inf, or weight 0, leaves a point out in the same way.
     sigma = np.where(mask[2], 1.0, np.inf)
-    popt_sigma, _ = jaxlm.curve_fit(decay, X, ys[2], p0=p0, sigma=sigma)
+    popt_sigma, pcov_sigma = jaxlm.curve_fit(decay, X, ys[2], p0=p0, sigma=sigma)
     np.testing.assert_allclose(popt_sigma, popt[2], rtol=1e-9)
+    popt_weights, pcov_weights = jaxlm.curve_fit(decay, X, ys[2], p0=p0, weights=mask[2].astype(float))
+    np.testing.assert_allclose(popt_weights, popt[2], rtol=1e-9)
+    np.testing.assert_allclose(pcov_weights, pcov_sigma, rtol=1e-9)
+
+
+def test_weights_are_one_over_sigma():
+    y = _data(decay, (2.5, 1.3, 0.5))
+    with_sigma = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.0], sigma=SIGMA_1D)
+    with_weights = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.0], weights=1 / SIGMA_1D)
+    np.testing.assert_allclose(with_weights[0], with_sigma[0], rtol=1e-12)
+    np.testing.assert_allclose(with_weights[1], with_sigma[1], rtol=1e-12)
+    with pytest.raises(ValueError, match="not both"):
+        jaxlm.curve_fit(decay, X, y, sigma=SIGMA_1D, weights=1 / SIGMA_1D)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        jaxlm.curve_fit(decay, X, y, weights=-np.ones(X.size))
 
 
 def test_nan_policies():

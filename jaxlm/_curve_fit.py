@@ -10,6 +10,8 @@ with J the Jacobian of the whitened residuals at the solution (for a robust loss
 rescaled J̃ = diag(√(ρ' + 2ρ''z))·J and Σ r̂ᵢ² = 2·cost), computed from the SVD of J. When J is
 rank-deficient (a singular value below eps·max(m, n)·s_max), or when m ≤ n and the variance is
 estimated from the data, pcov is inf in every entry, as scipy gives it.
+Parameters held fixed, or pinned at a bound that the data push against, are held in J (their
+columns dropped): their rows and columns of pcov are NaN and n counts only the varied ones.
 
 Points can be left out without changing shapes (which `vmap` needs): `mask=False`, `sigma=inf`
 and `nan_policy="omit"` give them weight 0, and m counts only the points that remain.
@@ -100,9 +102,8 @@ def curve_fit(
         residuals), `nfev`, `njev`, `num_steps`, `status`, `success`, `covariance_singular`
         (True where pcov is inf), `num_points` and `num_varied` (the points and parameters
         that count in the degrees of freedom), `r_squared` and `solution` (the
-        `jaxlm.Solution`); `mesg` is the status
-        message (None under `jit`: use `jaxlm.Status(int(ier)).message` outside) and `ier` the
-        `jaxlm.Status` code.
+        `jaxlm.Solution`); `mesg` is the status message (None under `jit`: use
+        `jaxlm.Status(int(ier)).message` outside) and `ier` the `jaxlm.Status` code.
 
     Failure does not raise (a batch goes on when one fit fails): check `infodict["success"]`.
     """

@@ -58,6 +58,7 @@ def curve_fit(
     f_scale: float = 1.0,
     solver=None,
     max_steps: int = 1000,
+    verbose: bool = False,
 ):
     """Fit `f(xdata, *params)` to `ydata`, with the semantics of `scipy.optimize.curve_fit`.
 
@@ -94,7 +95,7 @@ def curve_fit(
         fixed: booleans of length n: True holds that parameter at its value in p0 (lmfit's
             `vary=False`); it is left out of pcov (NaN) and of the degrees of freedom.
         loss, f_scale: a robust loss, as in `scipy.optimize.least_squares`.
-        solver, max_steps: as for `jaxlm.least_squares`.
+        solver, max_steps, verbose: as for `jaxlm.least_squares`.
 
     Returns:
         `(popt, pcov)`, with a leading batch axis for a batch; with `full_output`,
@@ -189,6 +190,7 @@ def curve_fit(
         solver=solver,
         adjoint=adjoint,
         max_steps=int(max_steps),
+        verbose=bool(verbose),
     )
     f_scale = jnp.asarray(f_scale, dtype)
     if batch is None:
@@ -228,6 +230,7 @@ class _FitOptions(eqx.Module):
     solver: AbstractSolver
     adjoint: AbstractAdjoint
     max_steps: int = eqx.field(static=True)
+    verbose: bool = eqx.field(static=True)
 
 
 @eqx.filter_jit
@@ -280,6 +283,7 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
         options.loss,
         f_scale,
         bounds,
+        options.verbose,
     )
     popt = solution.params
     whitened = residual(popt, xdata, ydata).ravel()

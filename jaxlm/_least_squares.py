@@ -28,6 +28,7 @@ def least_squares(
     throw: bool = False,
     adjoint: AbstractAdjoint | None = None,
     trace: int = 0,
+    verbose: bool = False,
     loss: Loss = "linear",
     f_scale: float = 1.0,
     bounds: tuple[Any, Any] | None = None,
@@ -57,6 +58,9 @@ def least_squares(
         trace: record the start and the first `trace` steps (cost, gradient norm, damping,
             radius, step kind, acceptance, parameters) in `Solution.trace`, a `jaxlm.Trace` of
             fixed-size buffers that survives `jit` and `vmap`. 0 (the default) records nothing.
+        verbose: print one line per iteration (cost, ‖g‖∞, μ or Δ, step kind, accepted), also
+            under `jit`; under `vmap` one line per iteration for the whole batch (fits running,
+            converged and failed, worst cost).
         loss: "linear" (least squares, the default) or a robust loss that limits the pull of
             outliers: "soft_l1", "huber", "cauchy" or "arctan", as defined by
             `scipy.optimize.least_squares`; the cost is then ½·f_scale²·Σ ρ((rᵢ/f_scale)²).
@@ -88,7 +92,19 @@ def least_squares(
             "solver=jaxlm.LevenbergMarquardt(), or reparametrise the bounded parameters."
         )
     return _least_squares(
-        fun, x0, args, solver, int(max_steps), jac, throw, adjoint, int(trace), loss, f_scale, bounds
+        fun,
+        x0,
+        args,
+        solver,
+        int(max_steps),
+        jac,
+        throw,
+        adjoint,
+        int(trace),
+        loss,
+        f_scale,
+        bounds,
+        bool(verbose),
     )
 
 
@@ -238,6 +254,7 @@ def _least_squares(
     loss="linear",
     f_scale=1.0,
     bounds=None,
+    verbose=False,
 ) -> Solution:
     out = check_residuals(fun, x0, args)
     unravel = ravel_pytree(x0)[1]
@@ -263,7 +280,7 @@ def _least_squares(
         fun, jac, args, x0, solver, bounds = inputs
         problem = build_problem(fun, jac, args, x0, out.shape, bounds)
         x0 = problem.project(ravel_pytree(x0)[0])  # only a traced x0 can be outside: checked before
-        state, num_steps, trace = run(solver, problem, x0, max_steps, loop_kind, trace_steps)
+        state, num_steps, trace = run(solver, problem, x0, max_steps, loop_kind, trace_steps, verbose)
         return state.x, state.residual, state.cost, state, num_steps, trace
 
     x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs, bounds)

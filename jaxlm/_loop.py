@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._log import log_iteration
 from ._solution import Status
 from ._trace import StepInfo, StepKind, Trace, empty_trace, record
 
@@ -134,6 +135,7 @@ def run(
     max_steps: int,
     loop_kind: str = "lax",
     trace_steps: int = 0,
+    verbose: bool = False,
 ) -> tuple[PyTree, Int[Array, ""], Trace | None]:
     """Solve from `x0`; returns the final solver state, the number of steps taken, and the trace.
 
@@ -141,7 +143,7 @@ def run(
     "bounded" (Equinox's bounded loop of `max_steps` iterations, which reverse mode can
     differentiate through: used by `UnrolledAdjoint`). With `trace_steps` > 0 the start and the
     first `trace_steps` steps are recorded in a `Trace` (with flat parameters); otherwise the
-    trace is None.
+    trace is None. With `verbose` every iteration prints a line (see `_log.py`).
     """
 
     def not_done(carry):
@@ -151,16 +153,21 @@ def run(
     def body(carry):
         state, num_steps, trace = carry
         state, num_steps = next_state(solver, problem, state, num_steps, max_steps)
+        if verbose:
+            num_steps = log_iteration(num_steps, state, solver.step_info(state))
         if trace is not None:
             trace = record(trace, num_steps, state, solver.step_info(state))
         return state, num_steps, trace
 
     state = first_state(solver, problem, x0)
+    start = eqx.tree_at(lambda info: info.step_kind, solver.step_info(state), jnp.array(StepKind.START))
+    num_steps = jnp.array(0, jnp.int32)
+    if verbose:
+        num_steps = log_iteration(num_steps, state, start)
     trace = None
     if trace_steps > 0:
-        start = eqx.tree_at(lambda info: info.step_kind, solver.step_info(state), jnp.array(StepKind.START))
         trace = record(empty_trace(trace_steps + 1, x0), jnp.array(0), state, start)
-    init = (state, jnp.array(0, jnp.int32), trace)
+    init = (state, num_steps, trace)
     if loop_kind == "lax":
         return lax.while_loop(not_done, body, init)
     return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)

@@ -25,6 +25,7 @@ def minimize(
     throw: bool = False,
     adjoint: AbstractAdjoint | None = None,
     trace: int = 0,
+    verbose: bool = False,
 ) -> Solution:
     """Minimise a scalar cost `fun(params, *args)` with a Newton-type solver.
 
@@ -35,14 +36,16 @@ def minimize(
 
     Returns a `jaxlm.Solution` whose `cost` is `fun` at the solution and whose `residual` is an
     empty array. Everything else is as in `least_squares`: one jitted `lax.while_loop`, `vmap`,
-    per-fit status, `throw`, `trace`, and gradients with respect to `args` through `adjoint`.
+    per-fit status, `throw`, `trace`, `verbose`, and gradients with respect to `args` through `adjoint`.
     """
     solver, adjoint = check_options(fun, args, solver, DampedNewton(), max_steps, adjoint, trace)
-    return _minimize(fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint, int(trace))
+    return _minimize(
+        fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint, int(trace), bool(verbose)
+    )
 
 
 @eqx.filter_jit
-def _minimize(fun, x0, args, solver, max_steps, throw, adjoint, trace_steps) -> Solution:
+def _minimize(fun, x0, args, solver, max_steps, throw, adjoint, trace_steps, verbose) -> Solution:
     x_flat, unravel = ravel_pytree(x0)
     out = jax.eval_shape(lambda p: fun(p, *args), x0)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
@@ -66,7 +69,9 @@ def _minimize(fun, x0, args, solver, max_steps, throw, adjoint, trace_steps) -> 
     def primal(inputs, loop_kind):
         _, _, x0, solver = inputs
         problem = Problem(None, None, scalar_cost=lambda x: evaluate(x, inputs)[0])
-        state, num_steps, trace = run(solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind, trace_steps)
+        state, num_steps, trace = run(
+            solver, problem, ravel_pytree(x0)[0], max_steps, loop_kind, trace_steps, verbose
+        )
         return state.x, state.residual, state.cost, state, num_steps, trace
 
     x, r, cost, state, num_steps, trace = adjoint.apply(primal, evaluate, inputs)

@@ -24,3 +24,12 @@ from ._stepwise import AskTell as AskTell, Request as Request, Stepper as Steppe
 from ._trace import StepKind as StepKind, Trace as Trace
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `jaxlm.plot` imports matplotlib, so it is loaded on first use only.
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")

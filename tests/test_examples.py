@@ -78,3 +78,10 @@ def test_learn_through_fits_notebook():
     namespace = _run_notebook(NOTEBOOKS / "learn_through_fits.ipynb")
     learned = namespace["history"][-1][1]
     assert abs(learned / namespace["TRUE_DEAD_TIME"] - 1) < 0.1
+
+
+def test_plots_example_writes_every_image(tmp_path):
+    module = _load_example("plots")
+    names = module.main(str(tmp_path))
+    assert names == ["batch_summary.png", "convergence.png", "fit.gif", "fit.png", "path.png"]
+    assert all((tmp_path / name).stat().st_size > 5000 for name in names)

@@ -192,6 +192,17 @@ def test_bad_input_is_a_clear_error(call, error, match):
         call()
 
 
+@pytest.mark.parametrize(
+    "solver_class",
+    [jaxlm.LevenbergMarquardt, jaxlm.GaussNewton, jaxlm.NewtonRaphson, jaxlm.DampedNewton, jaxlm.HybridLMQN],
+)
+@pytest.mark.parametrize("name", ["ftol", "xtol", "gtol"])
+def test_negative_tolerances_are_an_error_for_every_solver(solver_class, name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        solver_class(**{name: -1e-8})
+    solver_class(**{name: 0.0})  # 0 turns a test off
+
+
 def test_solution_is_a_pytree_of_arrays_with_a_readable_repr():
     solution = jaxlm.least_squares(rosenbrock, jnp.array([-1.2, 1.0]))
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(solution))

@@ -31,7 +31,7 @@ from jaxtyping import Array, Bool, Float, Int
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import convergence_status, hessian_scale, initial_status
+from ._tolerances import check_tolerances, convergence_status, hessian_scale, initial_status
 
 GOOD_MODEL = 0.75
 MAX_REUSE = 4
@@ -69,6 +69,9 @@ class DampedNewton(AbstractSolver):
     gtol: float | None = None
     initial_damping: float = 1e-3
     reuse_hessian: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        check_tolerances(self)
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> DampedNewtonState:
         cost, residual = problem.evaluate(x0)

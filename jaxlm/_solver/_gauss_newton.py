@@ -26,7 +26,7 @@ from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import convergence_status, initial_status
+from ._tolerances import check_tolerances, convergence_status, initial_status
 
 ARMIJO = 1e-4
 
@@ -58,6 +58,9 @@ class GaussNewton(AbstractSolver):
     xtol: float | None = None
     gtol: float | None = None
     backtracking: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        check_tolerances(self)
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> GaussNewtonState:
         problem.require_residuals("GaussNewton")

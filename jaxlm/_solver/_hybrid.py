@@ -36,7 +36,7 @@ from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import convergence_status, initial_status, resolve_tolerance
+from ._tolerances import check_tolerances, convergence_status, initial_status, resolve_tolerance
 
 LARGE_RESIDUAL_RATIO = 0.02
 STEPS_BEFORE_SWITCH = 3
@@ -74,6 +74,11 @@ class HybridLMQN(AbstractSolver):
     xtol: float | None = None
     gtol: float | None = None
     initial_damping: float = 1e-3
+
+    def __check_init__(self):
+        check_tolerances(self)
+        if not self.initial_damping > 0:
+            raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> HybridState:
         problem.require_residuals("HybridLMQN")

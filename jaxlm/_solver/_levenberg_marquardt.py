@@ -42,7 +42,7 @@ from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import initial_status, resolve_tolerance
+from ._tolerances import check_tolerances, initial_status, resolve_tolerance
 
 
 class LevenbergMarquardtState(eqx.Module):
@@ -120,10 +120,7 @@ class LevenbergMarquardt(AbstractSolver):
             raise ValueError(
                 f"damping_rule must be 'nielsen', 'classic' or 'trust_region', got {self.damping_rule!r}."
             )
-        for name in ("ftol", "xtol", "gtol"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"{name} must be >= 0 or None (a default from the dtype), got {value}.")
+        check_tolerances(self)
         if not self.initial_damping > 0:
             raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
 

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, Int
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import convergence_status, hessian_scale, initial_status
+from ._tolerances import check_tolerances, convergence_status, hessian_scale, initial_status
 
 
 class NewtonState(eqx.Module):
@@ -65,6 +65,9 @@ class NewtonRaphson(AbstractSolver):
     ftol: float | None = None
     xtol: float | None = None
     gtol: float | None = None
+
+    def __check_init__(self):
+        check_tolerances(self)
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> NewtonState:
         return newton_init(problem, x0, self.gtol)

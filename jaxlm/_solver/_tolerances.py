@@ -16,6 +16,17 @@ _DEFAULTS = {
 }
 
 
+def check_tolerances(solver) -> None:
+    """An error that says what to do for a negative tolerance (0 turns a test off)."""
+    for name in ("ftol", "xtol", "gtol"):
+        value = getattr(solver, name)
+        if value is not None and not value >= 0:
+            raise ValueError(
+                f"{name} must be >= 0 (0 turns that test off) or None (a default from the dtype), "
+                f"got {value}."
+            )
+
+
 def resolve_tolerance(name: str, value: float | None, dtype) -> float:
     """`value` if it was given, else the default for `dtype`."""
     return _DEFAULTS[jnp.dtype(dtype)][name] if value is None else value

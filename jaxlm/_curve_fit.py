@@ -122,6 +122,8 @@ def curve_fit(
     if not jnp.issubdtype(ydata.dtype, jnp.floating):
         ydata = ydata.astype(jnp.result_type(float))
     dtype = ydata.dtype
+    if ydata.size == 0:
+        raise ValueError("ydata is empty: there is nothing to fit; check how the data were loaded.")
     xdata = jax.tree.map(lambda leaf: _as_float(leaf, dtype), xdata)
     num_params = _num_params(f, p0)
     p0 = jnp.ones(num_params, dtype) if p0 is None else jnp.asarray(p0, dtype)

@@ -1,6 +1,7 @@
 """The result of a solve: `Solution`, and the `Status` enumeration with its messages."""
 
 import enum
+import html
 
 import equinox as eqx
 import jax
@@ -131,6 +132,25 @@ class Solution(eqx.Module):
             f"num_steps={int(self.num_steps)}, num_fev={int(self.num_fev)}, "
             f"num_jev={int(self.num_jev)},\n  params={self.params})"
         )
+
+    def _repr_html_(self) -> str:
+        """The solution as an HTML table, for notebooks."""
+        status = np.asarray(self.status)
+        if status.ndim != 0:
+            return f"<pre>{html.escape(repr(self))}</pre>"
+        rows = [
+            ("success", bool(self.success)),
+            ("status", f"{Status(int(status)).name}: {Status(int(status)).message}"),
+            ("cost", f"{float(self.cost):.6g}"),
+            ("|g|_inf", f"{float(self.grad_norm):.3g}"),
+            (
+                "steps / residual evaluations / Jacobians",
+                f"{int(self.num_steps)} / {int(self.num_fev)} / {int(self.num_jev)}",
+            ),
+            ("params", self.params),
+        ]
+        cells = "".join(f"<tr><td>{name}</td><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
+        return f"<table>{cells}</table>"
 
 
 def make_solution(

@@ -93,8 +93,7 @@ def log_iteration(num_steps, state, info):
     """Print the iteration's line (or the batch's); returns `num_steps`, which carries the
     print into the loop so that it is not removed as unused."""
     dtype = state.cost.dtype
-    return _log(
-        num_steps,
+    values = (
         state.cost,
         jnp.max(jnp.abs(state.grad)),
         jnp.asarray(info.damping, dtype),
@@ -103,3 +102,5 @@ def log_iteration(num_steps, state, info):
         jnp.asarray(info.accepted),
         state.status,
     )
+    # Printing is not differentiated (UnrolledAdjoint differentiates through the loop body).
+    return _log(num_steps, *jax.lax.stop_gradient(values))

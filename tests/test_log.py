@@ -77,3 +77,19 @@ def test_quiet_by_default_and_from_minimize_and_curve_fit(capsys):
     t, y = problem.args
     jaxlm.curve_fit(lambda t, a, k: a * jnp.exp(-k * t), t, y, p0=[1.0, 1.0], verbose=True)
     assert len(_lines(capsys)) > 2
+
+
+def test_printing_does_not_stop_gradients(capsys):
+    problem = PROBLEMS["exponential_decay"]
+    t, y = problem.args
+
+    def rate(y, adjoint, verbose):
+        return jaxlm.least_squares(
+            problem.fun, problem.x0, (t, y), verbose=verbose, max_steps=20, adjoint=adjoint
+        ).params[1]
+
+    for adjoint in (jaxlm.ImplicitAdjoint(), jaxlm.UnrolledAdjoint()):
+        loud = jax.grad(rate)(y, adjoint, True)
+        quiet = jax.grad(rate)(y, adjoint, False)
+        np.testing.assert_allclose(loud, quiet, rtol=1e-10)
+    assert len(_lines(capsys)) > 0

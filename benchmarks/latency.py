@@ -1,0 +1,98 @@
+"""Latency of one small fit after compiling, and compile time: jaxlm, optimistix, scipy.
+
+Problem: NIST Misra1a (14 points, 2 parameters, y = b1·(1 − exp(−b2·x))) from its start 1,
+float64. For each solver: the compile time (first call minus a steady call), and the median and
+best wall time of one jitted solve over `--repeats` calls (with `block_until_ready`), against scipy's
+MINPACK (`least_squares(method="lm")`) called from Python.
+
+    python benchmarks/latency.py
+"""
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optimistix as optx  # noqa: E402
+import scipy.optimize  # noqa: E402
+from nist import load  # noqa: E402
+
+import jaxlm  # noqa: E402
+
+TOL = 1e-10
+
+
+def residual(b, x, y):
+    return b[0] * (1 - jnp.exp(-b[1] * x)) - y
+
+
+def jaxlm_solve(x0, x, y):
+    solver = jaxlm.LevenbergMarquardt(ftol=TOL, xtol=TOL)
+    return jaxlm.least_squares(residual, x0, (x, y), solver=solver).params
+
+
+def optimistix_solve(x0, x, y):
+    solver = optx.LevenbergMarquardt(rtol=TOL, atol=TOL)
+    return optx.least_squares(lambda b, args: residual(b, *args), solver, x0, args=(x, y), throw=False).value
+
+
+def timed(call, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=2000)
+    args = parser.parse_args()
+    problem = load("Misra1a")
+    x, y, x0 = jnp.asarray(problem.x), jnp.asarray(problem.y), jnp.asarray(problem.starts[0])
+
+    print("| solver | compile s | one fit after compiling, µs: median | best | b1, b2 |")
+    print("|---|---|---|---|---|")
+    for name, solve in (
+        ("jaxlm LevenbergMarquardt", jaxlm_solve),
+        ("optimistix LevenbergMarquardt", optimistix_solve),
+    ):
+        jitted = jax.jit(solve)
+        start = time.perf_counter()
+        params = jax.block_until_ready(jitted(x0, x, y))
+        first = time.perf_counter() - start
+        steady, best = timed(lambda jitted=jitted: jitted(x0, x, y), args.repeats)
+        print(
+            f"| {name} | {first - steady:.2f} | {steady * 1e6:.0f} | {best * 1e6:.0f} "
+            f"| {params[0]:.6g}, {params[1]:.6g} |",
+            flush=True,
+        )
+
+    x_np, y_np, x0_np = np.asarray(x), np.asarray(y), np.asarray(x0)
+
+    def scipy_solve():
+        return scipy.optimize.least_squares(
+            lambda b: b[0] * (1 - np.exp(-b[1] * x_np)) - y_np, x0_np, method="lm", ftol=TOL, xtol=TOL
+        ).x
+
+    steady, best = timed(scipy_solve, args.repeats // 4)
+    params = scipy_solve()
+    print(
+        f"| scipy least_squares(method='lm') | – | {steady * 1e6:.0f} | {best * 1e6:.0f} "
+        f"| {params[0]:.6g}, {params[1]:.6g} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike
 
 from ._implicit import AbstractAdjoint
-from ._least_squares import _least_squares, check_options
+from ._least_squares import _least_squares, check_box, check_options
 from ._loop import AbstractSolver, pinned_free
 from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual
 from ._solver import LevenbergMarquardt
@@ -360,14 +360,8 @@ def _box(bounds, fixed, p0, num_params, dtype):
         raise ValueError(
             f"bounds must be scalars or arrays of length {num_params} (one per parameter), got {bounds!r}."
         ) from None
-    if not any(isinstance(v, jax.core.Tracer) for v in (lower, upper, p0)):
-        lower_np, upper_np, p0_np = np.asarray(lower), np.asarray(upper), np.asarray(p0)
-        if np.any(np.isnan(lower_np)) or np.any(np.isnan(upper_np)) or np.any(lower_np > upper_np):
-            raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
-        if np.any(p0_np < lower_np) or np.any(p0_np > upper_np):
-            raise ValueError("p0 is outside the bounds: start from lower <= p0 <= upper.")
-        if fixed is None and np.all(lower_np == -np.inf) and np.all(upper_np == np.inf):
-            return None
+    if check_box(lower, upper, p0, "p0") and fixed is None:
+        return None
     return lower, upper, jnp.zeros(num_params, bool) if fixed is None else fixed
 
 
@@ -384,19 +378,28 @@ def _num_params(f, p0) -> int:
                 f"p0 must be a 1-D array of starting values (or 2-D for a batch), got shape {shape}."
             )
         return shape[-1]
-    try:
-        parameters = list(inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        parameters = None
-    if parameters is None or any(p.kind == p.VAR_POSITIONAL for p in parameters):
+    names = parameter_names_from_signature(f)
+    if names is None:
         raise ValueError(
             "p0 is needed: the number of parameters cannot be read from f's signature (f takes *args); "
             "pass p0 with one starting value per parameter."
         )
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) < 2:
+    if not names:
         raise ValueError("f must take the independent variable and at least one parameter: f(x, p1, ...).")
-    return len(positional) - 1
+    return len(names)
+
+
+def parameter_names_from_signature(f) -> list[str] | None:
+    """The names of f's positional parameters after x; None when the signature cannot tell
+    (f takes *args, or has no signature)."""
+    try:
+        parameters = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return None
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[1:]
 
 
 def _model_shape(f, xdata, p0) -> tuple[int, ...]:

@@ -10,7 +10,6 @@ Student-t quantile for m − k degrees of freedom.
 """
 
 import html
-import inspect
 from collections.abc import Callable
 
 import equinox as eqx
@@ -20,7 +19,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._curve_fit import curve_fit, unpack
+from ._curve_fit import curve_fit, parameter_names_from_signature, unpack
 from ._solution import Solution, Status
 
 
@@ -243,12 +242,8 @@ def fit(
 
 def parameter_names(f, num_params: int) -> tuple[str, ...]:
     """The names of f's parameters after x, or p0, p1, ... when its signature does not say."""
-    try:
-        parameters = list(inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        parameters = []
-    names = [p.name for p in parameters[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(names) != num_params:
+    names = parameter_names_from_signature(f)
+    if names is None or len(names) != num_params:
         names = [f"p{i}" for i in range(num_params)]
     return tuple(names)
 

@@ -130,7 +130,7 @@ def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian):
     if bounds is not None:
         # Parameters pinned at a bound stay there for small changes of θ: ẋᵢ = 0, and the free
         # ones solve the reduced system H_ff ẋ_f = −(∂θ∇ₓF·θ̇)_f.
-        free = pinned_free(x, gradient(x, diff_inputs), *bounds)
+        free = pinned_free(x, state.grad, *bounds)
         matrix = jnp.where(free[:, None] & free[None, :], matrix, 0) + jnp.diag(jnp.where(free, 0, 1))
         mixed = jnp.where(free, mixed, 0)
     eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)

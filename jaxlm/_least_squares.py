@@ -139,16 +139,22 @@ def flat_bounds(bounds, x0) -> tuple[Array, Array] | None:
         return bound
 
     lower, upper = flat(bounds[0], "lower"), flat(bounds[1], "upper")
-    concrete = not any(isinstance(v, jax.core.Tracer) for v in (lower, upper, x_flat))
-    if concrete:
-        lower_np, upper_np, x_np = np.asarray(lower), np.asarray(upper), np.asarray(x_flat)
-        if np.any(np.isnan(lower_np)) or np.any(np.isnan(upper_np)) or np.any(lower_np > upper_np):
-            raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
-        if np.any(x_np < lower_np) or np.any(x_np > upper_np):
-            raise ValueError("x0 is outside the bounds: start from a point with lower <= x0 <= upper.")
-        if np.all(lower_np == -np.inf) and np.all(upper_np == np.inf):
-            return None
-    return lower, upper
+    return None if check_box(lower, upper, x_flat, "x0") else (lower, upper)
+
+
+def check_box(lower, upper, start, name: str) -> bool:
+    """Errors for lower > upper or a start outside the box; whether there are no bounds at all.
+
+    Only concrete values can be checked: under tracing the box is taken as given (and bounded).
+    """
+    if any(isinstance(v, jax.core.Tracer) for v in (lower, upper, start)):
+        return False
+    lower, upper, start = np.asarray(lower), np.asarray(upper), np.asarray(start)
+    if np.any(np.isnan(lower)) or np.any(np.isnan(upper)) or np.any(lower > upper):
+        raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
+    if np.any(start < lower) or np.any(start > upper):
+        raise ValueError(f"{name} is outside the bounds: start from a point with lower <= {name} <= upper.")
+    return bool(np.all(lower == -np.inf) and np.all(upper == np.inf))
 
 
 def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):

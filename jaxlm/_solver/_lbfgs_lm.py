@@ -45,7 +45,7 @@ from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
 from ._levenberg_marquardt import LevenbergMarquardt, LevenbergMarquardtState
-from ._tolerances import initial_status, resolve_tolerance
+from ._tolerances import initial_status
 
 ARMIJO = 1e-4
 
@@ -163,10 +163,7 @@ class LBFGSLM(AbstractSolver):
         x_trial = (state.x + updates).astype(dtype)
         cost_trial, residual_trial = problem.evaluate(x_trial)
         better = jnp.isfinite(cost_trial) & (cost_trial <= state.cost)
-        x = jnp.where(better, x_trial, state.x)
-        cost = jnp.where(better, cost_trial, state.cost)
-        residual = jnp.where(better, residual_trial, state.residual)
-        grad = lax.cond(better, problem.gradient, lambda _: state.grad, x)
+        x, cost, residual, grad = _take_if(better, problem, state, x_trial, cost_trial, residual_trial)
         num_steps = state.num_lbfgs_steps + 1
         small_progress = (state.cost - cost) <= self.switch_tolerance * state.cost
         switch = ~better | small_progress | (num_steps >= self.max_lbfgs_steps)
@@ -228,10 +225,7 @@ class LBFGSLM(AbstractSolver):
         accepted = (
             jnp.all(jnp.isfinite(direction)) & (slope < 0) & (cost_trial <= state.cost + ARMIJO * slope)
         )
-        x = jnp.where(accepted, x_trial, state.x)
-        grad = lax.cond(accepted, problem.gradient, lambda _: state.grad, x)
-        cost = jnp.where(accepted, cost_trial, state.cost)
-        residual = jnp.where(accepted, residual_trial, state.residual)
+        x, cost, residual, grad = _take_if(accepted, problem, state, x_trial, cost_trial, residual_trial)
 
         s, y = x - state.x, grad - state.grad
         new_pair = accepted & (jnp.dot(s, y) > jnp.finfo(dtype).eps * jnp.dot(y, y))
@@ -247,8 +241,7 @@ class LBFGSLM(AbstractSolver):
             lambda: self._restart_lm(problem, state.lm_state, x, moved=steps > 0),
             lambda: state.lm_state,
         )
-        gtol = resolve_tolerance("gtol", self.lm.gtol, dtype)
-        status = jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, Status.RUNNING)
+        status = initial_status(grad, self.lm.gtol, dtype)  # only gtol can stop at a quasi-Newton step
         next_phase = jnp.where(back_to_lm, StepKind.LEVENBERG_MARQUARDT, StepKind.QUASI_NEWTON)
         return dataclasses.replace(
             state,
@@ -264,7 +257,7 @@ class LBFGSLM(AbstractSolver):
             y_pairs=y_pairs,
             num_pairs=num_pairs,
             steps_since_jacobian=steps,
-            status=status.astype(jnp.int32),
+            status=status,
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + (back_to_lm & (steps > 0)).astype(jnp.int32),
         )
@@ -273,7 +266,7 @@ class LBFGSLM(AbstractSolver):
         """The LM state at x for the next LM step, keeping the damping of the last one.
 
         If x has not moved since the Jacobian, the LM state is still valid; a failed first
-        preconditioned step was the LM step itself, so it counts as an LM rejection (μ ← νμ).
+        preconditioned step was the LM step itself, so it counts as a rejection under LM's rule.
         """
 
         def at_new_point():
@@ -289,13 +282,19 @@ class LBFGSLM(AbstractSolver):
             )
 
         def rejected_here():
-            return dataclasses.replace(
-                lm_state,
-                damping=lm_state.damping * lm_state.damping_growth,
-                damping_growth=2 * lm_state.damping_growth,
-            )
+            damping, growth = self.lm.damping_after_rejection(lm_state.damping, lm_state.damping_growth)
+            return dataclasses.replace(lm_state, damping=damping, damping_growth=growth)
 
         return lax.cond(moved, at_new_point, rejected_here)
+
+
+def _take_if(accepted, problem, state, x_trial, cost_trial, residual_trial):
+    """(x, F, r, ∇F) at the trial point if it was accepted, else those of the state."""
+    x = jnp.where(accepted, x_trial, state.x)
+    cost = jnp.where(accepted, cost_trial, state.cost)
+    residual = jnp.where(accepted, residual_trial, state.residual)
+    grad = lax.cond(accepted, problem.gradient, lambda _: state.grad, x)
+    return x, cost, residual, grad
 
 
 def _two_loop(grad, s_pairs, y_pairs, num_pairs, apply_initial_inverse):

@@ -160,6 +160,15 @@ class LevenbergMarquardt(AbstractSolver):
         radius = state.radius if self.damping_rule == "trust_region" else jnp.nan
         return StepInfo(jnp.array(StepKind.LEVENBERG_MARQUARDT), state.accepted, state.damping, radius)
 
+    def damping_after_rejection(self, mu, nu):
+        """(μ, ν) after a rejected step: μν and 2ν (Nielsen), 10μ (classic); the trust-region
+        rule shrinks Δ instead and keeps μ."""
+        if self.damping_rule == "nielsen":
+            return mu * nu, 2 * nu
+        if self.damping_rule == "classic":
+            return mu * 10, nu
+        return mu, nu
+
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         dtype = state.x.dtype
         unconstrained_state = state
@@ -221,12 +230,11 @@ class LevenbergMarquardt(AbstractSolver):
         accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
 
         radius = state.radius
+        mu_rejected, nu_rejected = self.damping_after_rejection(mu, nu)
         if self.damping_rule == "nielsen":
             mu_accepted = mu * jnp.maximum(1 / 3, 1 - (2 * gain_ratio - 1) ** 3)
-            mu_rejected, nu_rejected = mu * nu, 2 * nu
         elif self.damping_rule == "classic":
             mu_accepted = mu / 10
-            mu_rejected, nu_rejected = mu * 10, nu
         else:  # the radius moves; μ is solved for at the next step, from this one as a start
             scaled_step = jnp.linalg.norm(jnp.sqrt(state.scale) * step)
             accepted = (gain_ratio > 1e-4) & acceleration_ok
@@ -235,8 +243,7 @@ class LevenbergMarquardt(AbstractSolver):
                 0.5 * jnp.minimum(radius, scaled_step),
                 jnp.where(gain_ratio > 0.75, jnp.maximum(radius, 2 * scaled_step), radius),
             )
-            mu_accepted = mu_rejected = mu
-            nu_rejected = nu
+            mu_accepted = mu
         mu = jnp.where(accepted, mu_accepted, mu_rejected)
         nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
 

@@ -8,8 +8,10 @@ by optax's Adam down the gradient of the mean squared lifetime error. The gradie
 through all the vmapped fits by implicit differentiation (jaxlm's default adjoint): no
 iteration of the fits is stored or replayed.
 
-    python examples/learn_through_fits.py
+    python examples/learn_through_fits.py      # JAXLM_NOTEBOOK_SIZE=small: 30 optax steps instead of 80
 """
+
+import os
 
 import equinox as eqx
 import jax
@@ -58,7 +60,9 @@ def calibration_data(key, num_samples=64):
     return t, measured, lifetimes
 
 
-def main(num_steps=80):
+def main(num_steps=None):
+    if num_steps is None:
+        num_steps = 80 if os.environ.get("JAXLM_NOTEBOOK_SIZE", "full") == "full" else 30
     t, measured, known_lifetimes = calibration_data(jax.random.key(0))
     detector = Detector(jnp.log(jnp.asarray(1e-5)))  # a poor first guess: almost no dead time
     optimizer = optax.adam(0.1)

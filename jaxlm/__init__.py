@@ -1,5 +1,6 @@
 """jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
 
+from ._batch import least_squares_batch as least_squares_batch
 from ._curve_fit import curve_fit as curve_fit
 from ._fit_result import FitResult as FitResult, fit as fit
 from ._implicit import (
@@ -18,6 +19,7 @@ from ._solver import (
     GaussNewton as GaussNewton,
     HybridLMQN as HybridLMQN,
     LevenbergMarquardt as LevenbergMarquardt,
+    MatrixFreeLM as MatrixFreeLM,
     NewtonRaphson as NewtonRaphson,
 )
 from ._stepwise import AskTell as AskTell, Request as Request, Stepper as Stepper

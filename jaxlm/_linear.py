@@ -7,6 +7,10 @@ magnitude faster under `vmap` than a batched LAPACK call. Forming JᵀJ squares 
 number, so when the factorisation breaks down or its pivots show that it has lost more than
 half the digits, the step is recomputed as the least-squares solution of the augmented system
 [J; diag(√d)] h ≈ −[r; 0] by SVD, whose accuracy depends on cond(J) instead of cond(J)².
+A chunked problem (`least_squares(residual_chunk_size=...)`) never forms J, so its fallback is the
+pseudo-inverse of the equilibrated JᵀJ + diag(d) by an eigendecomposition: it gives a
+minimum-norm step where Cholesky breaks down, but its accuracy depends on cond(J)² like the
+normal equations themselves.
 
 Under `vmap` a `lax.cond` with a batched predicate evaluates both branches, which would make
 every fit pay for the SVD. The batching rule below therefore factorises the whole batch and
@@ -25,10 +29,11 @@ def solve_damped_normal_equations(
     jtj: Float[Array, "n n"],
     grad: Float[Array, " n"],
     damping: Float[Array, " n"],
-    jac: Float[Array, "m n"],
-    residual: Float[Array, " m"],
+    jac: Float[Array, "m n"] | None,
+    residual: Float[Array, " m"] | None,
 ) -> Float[Array, " n"]:
-    """The step h solving (JᵀJ + diag(damping)) h = −grad, where grad = Jᵀr."""
+    """The step h solving (JᵀJ + diag(damping)) h = −grad, where grad = Jᵀr; J and r are used by
+    the fallback only, and may be None (a chunked problem)."""
     return _differentiable_solve(jtj, grad, damping, jac, residual)
 
 
@@ -80,8 +85,25 @@ def _unrolled_cholesky_solve(matrix, rhs):
     return jnp.stack(solution), pivots
 
 
-def _augmented_lstsq_solve(jtj, grad, damping, jac, residual) -> Array:
-    del grad
+def _fallback_solve(jtj, grad, damping, jac, residual) -> Array:
+    if jac is None:
+        return _pseudo_inverse_solve(jtj, grad, damping)
+    return _augmented_lstsq_solve(jtj, damping, jac, residual)
+
+
+def _pseudo_inverse_solve(jtj, grad, damping) -> Array:
+    scale = _equilibration(jtj, damping)
+    matrix = scale[:, None] * (jtj + jnp.diag(damping)) * scale[None, :]
+    eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
+    # Eigenvalues below the rounding error of forming JᵀJ (about ε·max λ) carry no information.
+    cutoff = matrix.shape[0] * jnp.finfo(matrix.dtype).eps * jnp.max(eigenvalues)
+    kept = eigenvalues > cutoff
+    inverse_eigenvalues = jnp.where(kept, 1 / jnp.where(kept, eigenvalues, 1), 0)
+    solution = -(eigenvectors @ (inverse_eigenvalues * (eigenvectors.T @ (scale * grad))))
+    return scale * solution
+
+
+def _augmented_lstsq_solve(jtj, damping, jac, residual) -> Array:
     scale = _equilibration(jtj, damping)
     n = jac.shape[1]
     augmented = jnp.concatenate([jac * scale[None, :], jnp.diag(jnp.sqrt(damping) * scale)])
@@ -95,7 +117,7 @@ def _solve(jtj, grad, damping, jac, residual):
     step, failed = _cholesky_solve(jtj, grad, damping, jac, residual)
     return lax.cond(
         failed,
-        lambda: _augmented_lstsq_solve(jtj, grad, damping, jac, residual),
+        lambda: _fallback_solve(jtj, grad, damping, jac, residual),
         lambda: step,
     )
 
@@ -121,12 +143,13 @@ def _differentiable_solve_jvp(primals, tangents):
 @_solve.def_vmap
 def _solve_batched(axis_size, in_batched, *args):
     args = [
-        arg if batched else jnp.broadcast_to(arg, (axis_size, *arg.shape))
+        arg if batched or arg is None else jnp.broadcast_to(arg, (axis_size, *arg.shape))
         for arg, batched in zip(args, in_batched, strict=True)
     ]
-    step, failed = jax.vmap(_cholesky_solve)(*args)
+    in_axes = [None if arg is None else 0 for arg in args]
+    step, failed = jax.vmap(_cholesky_solve, in_axes)(*args)
 
     def with_fallback():
-        return jnp.where(failed[:, None], jax.vmap(_augmented_lstsq_solve)(*args), step)
+        return jnp.where(failed[:, None], jax.vmap(_fallback_solve, in_axes)(*args), step)
 
     return lax.cond(jnp.any(failed), with_fallback, lambda: step), True

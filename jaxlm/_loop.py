@@ -8,7 +8,7 @@ that is the same for all solvers lives here: the check of the starting point, no
 values, `max_steps`, counting steps, and recording traces.
 
 A solver's state is an `equinox.Module` with at least the fields `x`, `residual`, `cost`,
-`grad`, `status`, `num_fev` and `num_jev`.
+`grad`, `status`, `num_fev` and `num_jev` (`residual` is None for a chunked problem).
 """
 
 import abc
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._chunked import ChunkedResiduals
 from ._log import log_iteration
 from ._solution import Status
 from ._trace import StepInfo, StepKind, Trace, empty_trace, record
@@ -30,7 +31,10 @@ class Problem(eqx.Module):
     """A problem on a flat parameter vector: what the solvers see.
 
     `least_squares` gives the residuals and their Jacobian (the cost is F = ½‖r‖²); `minimize`
-    gives only a scalar cost, which the Newton-type solvers can work with.
+    gives only a scalar cost, which the Newton-type solvers can work with. With
+    `least_squares(residual_chunk_size=...)` the residuals come in `chunks` instead, and only
+    LevenbergMarquardt can use them: through `evaluate` and `normal_equations`, which never
+    form r or J whole.
     """
 
     residual: Callable[[Float[Array, " n"]], Float[Array, " m"]] | None
@@ -38,6 +42,7 @@ class Problem(eqx.Module):
     scalar_cost: Callable[[Float[Array, " n"]], Float[Array, ""]] | None = None
     lower: Float[Array, " n"] | None = None  # box constraints lower ≤ x ≤ upper (None: none)
     upper: Float[Array, " n"] | None = None
+    chunks: ChunkedResiduals | None = None
 
     @property
     def bounded(self) -> bool:
@@ -47,12 +52,39 @@ class Problem(eqx.Module):
         """F(x): ½‖r(x)‖², or the scalar cost of `minimize`."""
         return self.evaluate(x)[0]
 
-    def evaluate(self, x: Float[Array, " n"]) -> tuple[Float[Array, ""], Float[Array, " m"]]:
-        """(F(x), r(x)); the residuals are an empty array for a scalar cost."""
+    def evaluate(self, x: Float[Array, " n"]) -> tuple[Float[Array, ""], Float[Array, " m"] | None]:
+        """(F(x), r(x)); the residuals are an empty array for a scalar cost, and None for a chunked
+        problem, whose cost is summed chunk by chunk."""
+        if self.chunks is not None:
+            return self.chunks.cost(x), None
         if self.residual is None:
             return self.scalar_cost(x), jnp.zeros((0,), x.dtype)
         residual = self.residual(x)
         return 0.5 * jnp.sum(residual**2), residual
+
+    def normal_equations(
+        self, x: Float[Array, " n"], residual: Float[Array, " m"] | None
+    ) -> tuple[Float[Array, "m n"] | None, Float[Array, "n n"], Float[Array, " n"]]:
+        """(J, JᵀJ, Jᵀr) at x, given r(x) from `evaluate`; J is None for a chunked problem, whose
+        JᵀJ and Jᵀr are accumulated chunk by chunk."""
+        if self.chunks is not None:
+            return None, *self.chunks.normal_equations(x)
+        jac = self.jacobian(x)
+        return jac, jac.T @ jac, jac.T @ residual
+
+    def curvature_gradient(
+        self, x: Float[Array, " n"], v: Float[Array, " n"], jac: Float[Array, "m n"] | None
+    ) -> tuple[Float[Array, " n"], Float[Array, " m"] | None]:
+        """(Jᵀr'', r'') with r'' = r''(x)[v, v], the second directional derivative of the residuals
+        along v, by a nested `jvp` (for geodesic acceleration); r'' is None for a chunked problem."""
+        if self.chunks is not None:
+            return self.chunks.curvature_gradient(x, v), None
+
+        def directional_derivative(x):
+            return jax.jvp(self.residual, (x,), (v,))[1]
+
+        second_derivative = jax.jvp(directional_derivative, (x,), (v,))[1]
+        return jac.T @ second_derivative, second_derivative
 
     def gradient(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
         """∇F(x) (for least squares Jᵀr), by reverse-mode differentiation."""
@@ -80,7 +112,7 @@ class Problem(eqx.Module):
         return pinned_free(x, grad, self.lower, self.upper)
 
     def require_residuals(self, solver_name: str) -> None:
-        if self.residual is None:
+        if self.residual is None and self.chunks is None:
             raise ValueError(
                 f"{solver_name} needs residuals: call jaxlm.least_squares(fun, ...) with a residual "
                 "function, or use a Newton-type solver (NewtonRaphson, DampedNewton) with jaxlm.minimize."

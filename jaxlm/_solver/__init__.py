@@ -6,4 +6,5 @@ from ._levenberg_marquardt import (
     LevenbergMarquardt as LevenbergMarquardt,
     LevenbergMarquardtState as LevenbergMarquardtState,
 )
+from ._matrix_free_lm import MatrixFreeLM as MatrixFreeLM, MatrixFreeLMState as MatrixFreeLMState
 from ._newton_raphson import NewtonRaphson as NewtonRaphson, NewtonState as NewtonState

@@ -27,13 +27,16 @@ Gauss–Newton step is inside the region). Then Δ ← ½·min(Δ, ‖Dh‖) whe
 Δ ← max(Δ, 2‖Dh‖) when ρ > 3/4; Δ₀ = 100·‖Dx₀‖, as in MINPACK.
 
 A trial point whose residuals are not finite has ρ = NaN and is rejected like any other.
+
+The method needs J only through JᵀJ and g = Jᵀr, so a chunked problem
+(`least_squares(residual_chunk_size=...)`) runs it unchanged on normal equations accumulated chunk by
+chunk, with neither r nor J in the state (both fields are None).
 """
 
 import dataclasses
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
@@ -47,9 +50,9 @@ from ._tolerances import check_tolerances, initial_status, resolve_tolerance
 
 class LevenbergMarquardtState(eqx.Module):
     x: Float[Array, " n"]
-    residual: Float[Array, " m"]
+    residual: Float[Array, " m"] | None  # None for a chunked problem
     cost: Float[Array, ""]
-    jac: Float[Array, "m n"]
+    jac: Float[Array, "m n"] | None  # None for a chunked problem
     jtj: Float[Array, "n n"]
     grad: Float[Array, " n"]
     scale: Float[Array, " n"]  # D², the diagonal that multiplies μ
@@ -126,10 +129,8 @@ class LevenbergMarquardt(AbstractSolver):
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> LevenbergMarquardtState:
         problem.require_residuals("LevenbergMarquardt")
-        residual = problem.residual(x0)
-        jac = problem.jacobian(x0)
-        jtj = jac.T @ jac
-        grad = jac.T @ residual
+        cost, residual = problem.evaluate(x0)
+        jac, jtj, grad = problem.normal_equations(x0, residual)
         projected_grad = jnp.where(problem.free_variables(x0, grad), grad, 0)
         diagonal = jnp.diagonal(jtj)
         if self.scaled:
@@ -141,7 +142,7 @@ class LevenbergMarquardt(AbstractSolver):
         return LevenbergMarquardtState(
             x=x0,
             residual=residual,
-            cost=0.5 * jnp.sum(residual**2),
+            cost=cost,
             jac=jac,
             jtj=jtj,
             grad=grad,
@@ -181,7 +182,7 @@ class LevenbergMarquardt(AbstractSolver):
                 state,
                 jtj=jnp.where(free[:, None] & free[None, :], state.jtj, 0),
                 grad=jnp.where(free, state.grad, 0),
-                jac=jnp.where(free[None, :], state.jac, 0),
+                jac=None if state.jac is None else jnp.where(free[None, :], state.jac, 0),
             )
         mu, nu = state.damping, state.damping_growth
         if self.damping_rule == "trust_region":
@@ -197,12 +198,11 @@ class LevenbergMarquardt(AbstractSolver):
             # Transtrum & Sethna (2012): the second directional derivative r''(x)[v, v] by a nested jvp
             # gives the acceleration a along the geodesic; the step is v + a/2, and it is trusted only
             # while the curvature is small, 2‖a‖/‖v‖ ≤ α (norms weighted by D).
-            def directional_derivative(x):
-                return jax.jvp(problem.residual, (x,), (velocity,))[1]
-
-            second_derivative = jax.jvp(directional_derivative, (state.x,), (velocity,))[1]
+            curvature, second_derivative = problem.curvature_gradient(state.x, velocity, state.jac)
+            if problem.bounded:
+                curvature = jnp.where(free, curvature, 0)
             acceleration = solve_damped_normal_equations(
-                state.jtj, state.jac.T @ second_derivative, damping_diagonal, state.jac, second_derivative
+                state.jtj, curvature, damping_diagonal, state.jac, second_derivative
             )
             step = velocity + 0.5 * acceleration
             weight = jnp.sqrt(state.scale)
@@ -210,19 +210,18 @@ class LevenbergMarquardt(AbstractSolver):
                 self.geodesic_acceleration * jnp.linalg.norm(weight * velocity)
             )
         x_trial = problem.project(state.x + step)
-        residual_trial = problem.residual(x_trial)
-        cost_trial = 0.5 * jnp.sum(residual_trial**2)
+        cost_trial, residual_trial = problem.evaluate(x_trial)
 
         actual_reduction = state.cost - cost_trial
         # The reduction predicted by the damped model for the LM step v, L(0) − L(v) = ½vᵀ(μD²v − g) > 0
         # (with geodesic acceleration too, as Transtrum & Sethna do), so ρ > 0 means the cost went down.
         predicted_reduction = 0.5 * jnp.dot(velocity, damping_diagonal * velocity - state.grad)
-        if problem.bounded:  # for a step s cut by the box: L(0) − L(s) = −gᵀs − ½‖Js‖²
+        if problem.bounded:  # for a step s cut by the box: L(0) − L(s) = −gᵀs − ½sᵀJᵀJs
             projected = jnp.any(x_trial != state.x + step)
             step = x_trial - state.x
             predicted_reduction = jnp.where(
                 projected,
-                -jnp.dot(state.grad, step) - 0.5 * jnp.sum((state.jac @ step) ** 2),
+                -jnp.dot(state.grad, step) - 0.5 * jnp.dot(step, state.jtj @ step),
                 predicted_reduction,
             )
         state = unconstrained_state
@@ -249,11 +248,16 @@ class LevenbergMarquardt(AbstractSolver):
 
         # A rejected step keeps the Jacobian of the current point; only an accepted one pays for a new one.
         x = jnp.where(accepted, x_trial, state.x)
-        residual = jnp.where(accepted, residual_trial, state.residual)
         cost = jnp.where(accepted, cost_trial, state.cost)
-        jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
-        jtj = jnp.where(accepted, jac.T @ jac, state.jtj)
-        grad = jnp.where(accepted, jac.T @ residual, state.grad)
+        residual = None if residual_trial is None else jnp.where(accepted, residual_trial, state.residual)
+        if problem.chunks is None:
+            jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
+            jtj = jnp.where(accepted, jac.T @ jac, state.jtj)
+            grad = jnp.where(accepted, jac.T @ residual, state.grad)
+        else:  # JᵀJ and Jᵀr accumulated chunk by chunk, without J
+            jac = None
+            keep = (state.jtj, state.grad)
+            jtj, grad = lax.cond(accepted, problem.chunks.normal_equations, lambda _: keep, x)
         scale = jnp.maximum(state.scale, jnp.diagonal(jtj)) if self.scaled else state.scale
 
         ftol = resolve_tolerance("ftol", self.ftol, dtype)

@@ -1,0 +1,143 @@
+"""Where the time of a batched LM iteration goes: the 2-D Gaussian benchmark taken apart.
+
+Each piece of one Levenberg–Marquardt iteration is timed alone, vmapped over N fits and
+jitted, as the solver runs it: the residuals at a trial point, the Jacobian (`jax.jacfwd`),
+the normal equations JᵀJ and Jᵀr, the damped 5×5 solve, and a whole `LevenbergMarquardt.step`.
+Each is repeated `--inner` times inside one `lax.fori_loop` (with the data perturbed so that
+XLA cannot hoist it) and reported per fit and iteration, in nanoseconds. Then the wasted
+lanes: under `jax.vmap` the loop runs until the slowest fit stops, so a batch costs
+max(steps) iterations per fit while the fits need mean(steps); `least_squares_batch` stops a
+round when at most 1/8 of the fits run and goes on with those alone.
+
+    python benchmarks/where_time_goes.py                     # float32 and float64, 5×5 and 11×11
+    python benchmarks/where_time_goes.py --dtypes float64 --pixels 5
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", "float64" in sys.argv)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxlm  # noqa: E402
+from jaxlm._least_squares import build_problem  # noqa: E402
+from jaxlm._linear import solve_damped_normal_equations  # noqa: E402
+from jaxlm.demo import gaussian_2d_residual, make_spots  # noqa: E402
+
+
+def per_fit_ns(piece, start, data, inner, repeats=3):
+    """Nanoseconds per fit and call of `piece(params, data)`, vmapped and looped `inner` times."""
+
+    def looped(start, data):
+        def body(i, total):
+            # A different input each time, so that the loop body cannot be hoisted out.
+            out = jax.vmap(piece)(start * (1 + 1e-7 * i), data)
+            return total + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out))
+
+        return jax.lax.fori_loop(0, inner, body, jnp.zeros((), start.dtype))
+
+    compiled = jax.jit(looped).lower(start, data).compile()
+    jax.block_until_ready(compiled(start, data))
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        jax.block_until_ready(compiled(start, data))
+        times.append(time.perf_counter() - begin)
+    return min(times) / inner / start.shape[0] * 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--pixels", type=int, nargs="+", default=[5, 11])
+    parser.add_argument("--fits", type=int, default=8192)
+    parser.add_argument("--inner", type=int, default=20)
+    args = parser.parse_args()
+    if len(args.dtypes) > 1:
+        for dtype_name in args.dtypes:
+            options = [
+                "--pixels",
+                *map(str, args.pixels),
+                "--fits",
+                str(args.fits),
+                "--inner",
+                str(args.inner),
+            ]
+            subprocess.run([sys.executable, __file__, *options, "--dtypes", dtype_name], check=True)
+        return
+    (dtype_name,) = args.dtypes
+    dtype = jnp.dtype(dtype_name)
+    tol = 1e-10 if dtype == jnp.float64 else 1e-5
+    solver = jaxlm.LevenbergMarquardt(ftol=tol, xtol=tol)
+    print(f"{dtype_name}, N = {args.fits} fits, ns per fit and iteration (2-core CPU)")
+    print("| dtype | pixels | residuals | Jacobian | JᵀJ, Jᵀr | damped solve | whole LM step |")
+    print("|---|---|---|---|---|---|---|")
+    steps_rows = []
+    for pixels in args.pixels:
+        data, _, start = make_spots(jax.random.key(0), args.fits, pixels, dtype)
+
+        def problem(data, template=start[0]):
+            return build_problem(gaussian_2d_residual, None, (data,), template, data.shape)
+
+        def residuals(p, d):
+            return problem(d).residual(p)
+
+        def jacobian(p, d):
+            return problem(d).jacobian(p)
+
+        def normal_equations(p, d):
+            jac = jnp.outer(jnp.ravel(d), p)  # a stand-in of the Jacobian's shape, from the inputs
+            return jac.T @ jac, jac.T @ jnp.ravel(d)
+
+        def damped_solve(p, d):
+            jac = jnp.outer(jnp.ravel(d), p) + jnp.eye(d.size, p.size, dtype=p.dtype)
+            jtj = jac.T @ jac
+            return solve_damped_normal_equations(
+                jtj, jac.T @ jnp.ravel(d), 1e-3 * jnp.diagonal(jtj), jac, jnp.ravel(d)
+            )
+
+        def lm_step(p, d):
+            state = solver.init(problem(d), p)
+            return solver.step(problem(d), state).x
+
+        jtj_ns = per_fit_ns(normal_equations, start, data, args.inner)
+        solve_ns = per_fit_ns(damped_solve, start, data, args.inner) - jtj_ns
+        init_ns = per_fit_ns(lambda p, d: solver.init(problem(d), p).x, start, data, args.inner)
+        step_ns = per_fit_ns(lm_step, start, data, args.inner) - init_ns
+        row = [
+            per_fit_ns(residuals, start, data, args.inner),
+            per_fit_ns(jacobian, start, data, args.inner),
+            jtj_ns,
+            solve_ns,
+            step_ns,
+        ]
+        print(
+            f"| {dtype_name} | {pixels}×{pixels} | " + " | ".join(f"{v:,.0f}" for v in row) + " |", flush=True
+        )
+
+        vmapped = jax.jit(
+            jax.vmap(lambda p, d: jaxlm.least_squares(gaussian_2d_residual, p, (d,), solver=solver))
+        )
+        steps = np.asarray(vmapped(start, data).num_steps)
+        steps_rows.append((pixels, steps))
+
+    print()
+    print("| dtype | pixels | mean steps | max steps | lanes used under vmap (mean/max) |")
+    print("|---|---|---|---|---|")
+    for pixels, steps in steps_rows:
+        print(
+            f"| {dtype_name} | {pixels}×{pixels} | {steps.mean():.2f} | {steps.max()} | "
+            f"{steps.mean() / steps.max():.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

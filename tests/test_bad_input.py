@@ -125,7 +125,14 @@ def test_bad_input_is_a_clear_error(entry):
 
 @pytest.mark.parametrize(
     "solver_class",
-    [jaxlm.LevenbergMarquardt, jaxlm.GaussNewton, jaxlm.NewtonRaphson, jaxlm.DampedNewton, jaxlm.HybridLMQN],
+    [
+        jaxlm.LevenbergMarquardt,
+        jaxlm.GaussNewton,
+        jaxlm.NewtonRaphson,
+        jaxlm.DampedNewton,
+        jaxlm.HybridLMQN,
+        jaxlm.MatrixFreeLM,
+    ],
 )
 @pytest.mark.parametrize("name", ["ftol", "xtol", "gtol"])
 def test_negative_tolerances_are_an_error_for_every_solver(solver_class, name):

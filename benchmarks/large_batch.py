@@ -74,7 +74,7 @@ def main():
     if args.child:
         child(args.fits, args.dtype)
         return
-    print("| fits | dtype | devices | chunk | seconds | fits/s | converged | peak RSS GiB |")
+    print("| fits | dtype | devices | chunk per device | seconds | fits/s | converged | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for devices in args.devices:
         environment = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}

@@ -77,11 +77,12 @@ def least_squares_batch(
             the same for every fit (as in `jax.vmap`); one value applies to all of them.
         solver, max_steps, jac, loss, f_scale, bounds: as for `least_squares` (the bounds are
             the same for every fit).
-        chunk_size: the number of fits solved at once. `None` chooses a power of two whose
-            solver states (about residuals × parameters floats per fit) take 16 MiB on a CPU,
-            where a chunk that stays in cache is fastest (8192 fits of a 5×5 Gaussian in float64),
-            and 1 GiB on a GPU or TPU, where large batches are fastest. Lower it if a chunk does
-            not fit in the device's memory.
+        chunk_size: the number of fits solved at once, split over the devices. `None`
+            chooses a power of two of fits per device whose solver states (about residuals ×
+            parameters floats per fit) take 16 MiB on a CPU, where a chunk that stays in cache
+            is fastest (8192 fits of a 5×5 Gaussian in float64), and 1 GiB on a GPU or TPU,
+            where large batches are fastest. Lower it if a chunk does not fit in the device's
+            memory.
         devices: the devices to shard every chunk over, along the fit axis; `None` means all
             of `jax.local_devices()`. On several hosts (`jax.distributed`), let each process
             solve its own share of the fits on its local devices (see the README).
@@ -138,7 +139,7 @@ def least_squares_batch(
         axes=axes,
     )
     if chunk_size is None:
-        chunk_size = _default_chunk_size(batch, starts, args, devices[0].platform)
+        chunk_size = _default_chunk_size(batch, starts, args, devices[0].platform) * len(devices)
     # Chunks of equal size (the last one padded), each divided evenly over the devices.
     num_chunks = math.ceil(num_fits / int(chunk_size))
     chunk_size = _round_up(math.ceil(num_fits / num_chunks), len(devices))

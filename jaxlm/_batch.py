@@ -38,9 +38,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import ArrayLike, PyTree
 from tqdm import tqdm
 
-from ._least_squares import build_problem, check_options, check_residuals, flat_bounds
+from ._least_squares import build_problem, check_loss_and_bounds, check_options, check_residuals, flat_bounds
 from ._loop import AbstractSolver, first_state, next_state
-from ._loss import Loss, check_loss, robust_residual
+from ._loss import Loss, with_loss
 from ._solution import Solution, Status, make_solution
 from ._solver import LevenbergMarquardt
 
@@ -100,9 +100,6 @@ def least_squares_batch(
     inside `jit`, and use `jax.vmap(jaxlm.least_squares)` to differentiate through fits.
     """
     solver, _ = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, None, 0)
-    check_loss(loss, f_scale)
-    if loss != "linear" and jac is not None:
-        raise ValueError("jac with a robust loss is not supported: drop jac or use loss='linear'.")
     axes = _argument_axes(in_axes, args)
     num_fits = _num_fits(x0, args, axes)
     starts = jax.tree.map(_float_array, x0)
@@ -113,8 +110,7 @@ def least_squares_batch(
     )
     residual_shape = check_residuals(fun, one_start, one_args).shape
     flat_lower_upper = flat_bounds(bounds, one_start)
-    if flat_lower_upper is not None and not isinstance(solver, LevenbergMarquardt):
-        raise ValueError(f"bounds are supported by LevenbergMarquardt only, not {type(solver).__name__}.")
+    check_loss_and_bounds(loss, f_scale, jac, flat_lower_upper, solver)
     if flat_lower_upper is not None:
         _check_starts_in_box(starts, flat_lower_upper)
 
@@ -147,7 +143,6 @@ def least_squares_batch(
     placement = _Placement(
         batched=NamedSharding(mesh, PartitionSpec("fits")),
         shared=NamedSharding(mesh, PartitionSpec()),
-        num_devices=len(devices),
     )
 
     bar = tqdm(total=num_fits, unit="fits", disable=progress is False, delay=0 if progress else 2.0)
@@ -169,7 +164,6 @@ def least_squares_batch(
 class _Placement(eqx.Module):
     batched: NamedSharding  # arrays with the fit axis, split over the devices
     shared: NamedSharding  # arrays every fit uses, copied to every device
-    num_devices: int
 
 
 class _BatchSolve(eqx.Module):
@@ -187,12 +181,7 @@ class _BatchSolve(eqx.Module):
     axes: tuple = eqx.field(static=True)
 
     def problem(self, args):
-        fun = self.fun
-        if self.loss != "linear":
-
-            def fun(params, *args):
-                return robust_residual(self.fun(params, *args), self.loss, self.f_scale)
-
+        fun = with_loss(self.fun, self.loss, self.f_scale)
         return build_problem(fun, self.jac, args, self.template, self.residual_shape, self.bounds)
 
     @eqx.filter_jit
@@ -261,11 +250,9 @@ class _BatchSolve(eqx.Module):
         return ravel_pytree(self.template)[1](x)
 
 
+@jax.jit
 def _gather(tree, indices):
     return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0), tree)
-
-
-_gather_jit = jax.jit(_gather)
 
 
 @jax.jit
@@ -289,14 +276,16 @@ def _after_round(batch, placement, states, num_steps, args):
     # The next round's batch: the running fits, padded with copies of a stopped one (which a
     # round leaves as it is) to a power of two that the devices divide.
     stopped = int(np.flatnonzero(np.asarray(states.status) != Status.RUNNING)[0])
-    round_size = _round_up(max(MIN_ROUND_SIZE, 1 << (running.size - 1).bit_length()), placement.num_devices)
+    round_size = _round_up(
+        max(MIN_ROUND_SIZE, 1 << (running.size - 1).bit_length()), placement.batched.mesh.size
+    )
     indices = np.full(round_size, stopped)
     indices[: running.size] = running
     indices = jax.device_put(indices, placement.shared)
     part_args = tuple(
-        arg if axis is None else _gather_jit(arg, indices) for arg, axis in zip(args, batch.axes, strict=True)
+        arg if axis is None else _gather(arg, indices) for arg, axis in zip(args, batch.axes, strict=True)
     )
-    part = jax.device_put(_gather_jit((states, num_steps), indices), placement.batched)
+    part = jax.device_put(_gather((states, num_steps), indices), placement.batched)
     part_args = _place(part_args, batch.axes, placement)
     part = _after_round(batch, placement, *_round(batch, placement, *part, part_args), part_args)
     return _scatter((states, num_steps), indices, part)

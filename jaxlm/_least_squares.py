@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, PyTree
 from ._chunked import ChunkedResiduals, chunk_of, split_data
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
-from ._loss import Loss, check_loss, robust_residual
+from ._loss import Loss, check_loss, with_loss
 from ._solution import Solution, make_solution
 from ._solver import LevenbergMarquardt
 
@@ -98,20 +98,10 @@ def least_squares(
     solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, adjoint, trace)
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
-    check_loss(loss, f_scale)
-    if loss != "linear" and jac is not None:
-        raise ValueError(
-            "jac with a robust loss is not supported: drop jac (JAX differentiates the model) or use "
-            "loss='linear'."
-        )
     x0 = as_float_params(x0)
-    f_scale = jnp.asarray(f_scale, ravel_pytree(x0)[0].dtype)
     bounds = flat_bounds(bounds, x0)
-    if bounds is not None and not isinstance(solver, LevenbergMarquardt):
-        raise ValueError(
-            f"bounds are supported by LevenbergMarquardt only, not {type(solver).__name__}: use "
-            "solver=jaxlm.LevenbergMarquardt(), or reparametrise the bounded parameters."
-        )
+    check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
+    f_scale = jnp.asarray(f_scale, ravel_pytree(x0)[0].dtype)
     check_chunk_size(residual_chunk_size, solver)
     return _least_squares(
         fun,
@@ -129,6 +119,22 @@ def least_squares(
         bool(verbose),
         None if residual_chunk_size is None else int(residual_chunk_size),
     )
+
+
+def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:
+    """The checks of a robust loss and of bounds (flat, or None) that `least_squares` and
+    `least_squares_batch` share."""
+    check_loss(loss, f_scale)
+    if loss != "linear" and jac is not None:
+        raise ValueError(
+            "jac with a robust loss is not supported: drop jac (JAX differentiates the model) or use "
+            "loss='linear'."
+        )
+    if bounds is not None and not isinstance(solver, LevenbergMarquardt):
+        raise ValueError(
+            f"bounds are supported by LevenbergMarquardt only, not {type(solver).__name__}: use "
+            "solver=jaxlm.LevenbergMarquardt(), or reparametrise the bounded parameters."
+        )
 
 
 def check_chunk_size(residual_chunk_size, solver) -> None:
@@ -373,11 +379,7 @@ def _least_squares(
     )
     unravel = ravel_pytree(x0)[1]
     model_residual = fun
-    if loss != "linear":
-
-        def fun(params, *args):
-            return robust_residual(model_residual(params, *args), loss, f_scale)
-
+    fun = with_loss(model_residual, loss, f_scale)
     # Arrays that fun or jac close over (tracers of an outer jax.grad, say) become explicit
     # inputs, so that derivatives with respect to them flow through the adjoint like args.
     fun = eqx.filter_closure_convert(fun, x0, *example_args)

@@ -91,3 +91,15 @@ def robust_jacobian_weights(residual: Float[Array, " m"], loss: str, f_scale) ->
     first = jax.vmap(jax.grad(lambda z: _rho(loss, z)))(z)
     second = jax.vmap(jax.grad(jax.grad(lambda z: _rho(loss, z))))(z)
     return jnp.sqrt(jnp.maximum(first + 2 * second * z, jnp.finfo(residual.dtype).eps))
+
+
+def with_loss(fun, loss: Loss, f_scale):
+    """`fun` itself for least squares, or, for a robust loss, the residual function the solver
+    sees: rᵢ·√(ρ(zᵢ)/zᵢ) of `fun`'s residuals (see `robust_residual`)."""
+    if loss == "linear":
+        return fun
+
+    def robust_fun(params, *args):
+        return robust_residual(fun(params, *args), loss, f_scale)
+
+    return robust_fun

@@ -27,6 +27,15 @@ SOLVERS = {
     "lbfgs_lm": jaxlm.LBFGSLM(),
 }
 
+# The variants of LevenbergMarquardt whose steps differ (damping rule, scaling, acceleration).
+LM_VARIANTS = {
+    "nielsen": jaxlm.LevenbergMarquardt(),
+    "classic": jaxlm.LevenbergMarquardt(damping_rule="classic"),
+    "trust_region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
+    "geodesic": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
+    "unscaled": jaxlm.LevenbergMarquardt(scaled=False),
+}
+
 
 def exponential_decay(params, t, y):
     return params[0] * jnp.exp(-params[1] * t) - y

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from registry import exponential_decay
+from registry import LM_VARIANTS, exponential_decay
 
 import jaxlm
 
@@ -25,13 +25,6 @@ def _scipy(lower, upper, x0):
     ).x
 
 
-LM_VARIANTS = {
-    "nielsen": jaxlm.LevenbergMarquardt(),
-    "classic": jaxlm.LevenbergMarquardt(damping_rule="classic"),
-    "trust_region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
-    "geodesic": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
-    "unscaled": jaxlm.LevenbergMarquardt(scaled=False),
-}
 BOXES = {
     "inactive": ([0.0, 0.0, 0.0], [10.0, 10.0, 10.0], [1.0, 2.0, 0.8]),
     "lower active": ([0.0, 0.0, 0.7], [10.0, 10.0, 10.0], [1.0, 2.0, 0.8]),

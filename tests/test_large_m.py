@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from registry import LM_VARIANTS
 
 import jaxlm
 from jaxlm._chunked import ChunkedResiduals, chunk_of, split_data
@@ -28,14 +29,6 @@ def make_data(m, dtype=jnp.float64):
 
 
 T, Y = make_data(2000)
-
-LM_VARIANTS = {
-    "nielsen": jaxlm.LevenbergMarquardt(),
-    "classic": jaxlm.LevenbergMarquardt(damping_rule="classic"),
-    "trust_region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
-    "geodesic": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
-    "unscaled": jaxlm.LevenbergMarquardt(scaled=False),
-}
 
 
 def assert_same_solution(chunked, plain, rtol=1e-10, same_steps=True):

@@ -3,7 +3,10 @@
 Problem: NIST Misra1a (14 points, 2 parameters, y = b1·(1 − exp(−b2·x))) from its start 1,
 float64. For each solver: the compile time (first call minus a steady call), and the median and
 best wall time of one jitted solve over `--repeats` calls (with `block_until_ready`), against scipy's
-MINPACK (`least_squares(method="lm")`) called from Python.
+MINPACK (`least_squares(method="lm")`) called from Python. Each JAX solver runs in a process of
+its own, after a warm-up compile of a trivial function (so that neither pays for starting the
+backend or for the other's first compilations), and reports its tracing and lowering time and
+XLA's compile time separately (`jax.jit(...).lower(...)`, `.compile()`, in a third process).
 
     python benchmarks/latency.py
 """
@@ -11,6 +14,7 @@ MINPACK (`least_squares(method="lm")`) called from Python.
 import argparse
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -44,6 +48,12 @@ def optimistix_solve(x0, x, y):
     return optx.least_squares(lambda b, args: residual(b, *args), solver, x0, args=(x, y), throw=False).value
 
 
+SOLVERS = {
+    "jaxlm LevenbergMarquardt": jaxlm_solve,
+    "optimistix LevenbergMarquardt": optimistix_solve,
+}
+
+
 def timed(call, repeats):
     times = []
     for _ in range(repeats):
@@ -58,24 +68,45 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--solver", choices=list(SOLVERS), help=argparse.SUPPRESS)
+    parser.add_argument("--phases", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     problem = load("Misra1a")
     x, y, x0 = jnp.asarray(problem.x), jnp.asarray(problem.y), jnp.asarray(problem.starts[0])
+    jax.block_until_ready(jax.jit(lambda a: a + 1)(x0))  # start the backend
 
-    print("| solver | compile s | one fit after compiling, µs: median | best | b1, b2 |")
-    print("|---|---|---|---|---|")
-    for name, solve in (
-        ("jaxlm LevenbergMarquardt", jaxlm_solve),
-        ("optimistix LevenbergMarquardt", optimistix_solve),
-    ):
-        jitted = jax.jit(solve)
+    if args.solver is not None:  # a child process: one solver
+        solve = jax.jit(SOLVERS[args.solver])
+        if args.phases:
+            start = time.perf_counter()
+            lowered = solve.lower(x0, x, y)
+            middle = time.perf_counter()
+            lowered.compile()
+            print(f"{middle - start:.3f} {time.perf_counter() - middle:.3f}")
+            return
         start = time.perf_counter()
-        params = jax.block_until_ready(jitted(x0, x, y))
+        params = jax.block_until_ready(solve(x0, x, y))
         first = time.perf_counter() - start
-        steady, best = timed(lambda jitted=jitted: jitted(x0, x, y), args.repeats)
+        steady, best = timed(lambda: solve(x0, x, y), args.repeats)
+        print(f"{first - steady:.3f} {steady * 1e6:.1f} {best * 1e6:.1f} {params[0]:.6g} {params[1]:.6g}")
+        return
+
+    print(
+        "| solver | compile s (first call − steady call) | trace + lower s | XLA compile s "
+        "| one fit after compiling, µs: median | best | b1, b2 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in SOLVERS:
+
+        def child(*options, name=name):
+            command = [sys.executable, __file__, "--solver", name, "--repeats", str(args.repeats), *options]
+            return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+
+        compile_s, median, best, b1, b2 = child()
+        lower_s, xla_s = child("--phases")
         print(
-            f"| {name} | {first - steady:.2f} | {steady * 1e6:.0f} | {best * 1e6:.0f} "
-            f"| {params[0]:.6g}, {params[1]:.6g} |",
+            f"| {name} | {float(compile_s):.2f} | {float(lower_s):.2f} | {float(xla_s):.2f} "
+            f"| {float(median):.0f} | {float(best):.0f} | {b1}, {b2} |",
             flush=True,
         )
 
@@ -89,7 +120,7 @@ def main():
     steady, best = timed(scipy_solve, args.repeats // 4)
     params = scipy_solve()
     print(
-        f"| scipy least_squares(method='lm') | – | {steady * 1e6:.0f} | {best * 1e6:.0f} "
+        f"| scipy least_squares(method='lm') | – | – | – | {steady * 1e6:.0f} | {best * 1e6:.0f} "
         f"| {params[0]:.6g}, {params[1]:.6g} |"
     )
 

@@ -4,7 +4,12 @@ Each piece of one Levenberg–Marquardt iteration is timed alone, vmapped over N
 jitted, as the solver runs it: the residuals at a trial point, the Jacobian (`jax.jacfwd`),
 the normal equations JᵀJ and Jᵀr, the damped 5×5 solve, and a whole `LevenbergMarquardt.step`.
 Each is repeated `--inner` times inside one `lax.fori_loop` (with the data perturbed so that
-XLA cannot hoist it) and reported per fit and iteration, in nanoseconds. Then the wasted
+XLA cannot hoist it) and reported per fit and iteration, in nanoseconds. The normal equations
+three ways: as `vmap` makes them of `jac.T @ jac` (a batch of tiny matrix products), as sums of
+elementwise products with XLA's default compiler options (which hand the sums to YNNPACK), and
+as those sums with `jaxlm._compiler_options.compiler_options()` (XLA:CPU's own loops); the
+whole step as `jit(vmap(least_squares))` compiles it and as `least_squares_batch` does (the
+sums, for up to 32 residuals, and those options). Then the wasted
 lanes: under `jax.vmap` the loop runs until the slowest fit stops, so a batch costs
 max(steps) iterations per fit while the fits need mean(steps); `least_squares_batch` stops a
 round when at most 1/8 of the fits run and goes on with those alone.
@@ -14,6 +19,7 @@ round when at most 1/8 of the fits run and goes on with those alone.
 """
 
 import argparse
+import functools
 import subprocess
 import sys
 import time
@@ -26,12 +32,23 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxlm  # noqa: E402
+from jaxlm._compiler_options import compiler_options  # noqa: E402
 from jaxlm._least_squares import build_problem  # noqa: E402
 from jaxlm._linear import solve_damped_normal_equations  # noqa: E402
 from jaxlm.demo import gaussian_2d_residual, make_spots  # noqa: E402
 
 
-def per_fit_ns(piece, start, data, inner, repeats=3):
+def best_time(compiled, *inputs, repeats=3):
+    jax.block_until_ready(compiled(*inputs))
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        jax.block_until_ready(compiled(*inputs))
+        times.append(time.perf_counter() - begin)
+    return min(times)
+
+
+def per_fit_ns(piece, start, data, inner, options=None):
     """Nanoseconds per fit and call of `piece(params, data)`, vmapped and looped `inner` times."""
 
     def looped(start, data):
@@ -42,14 +59,22 @@ def per_fit_ns(piece, start, data, inner, repeats=3):
 
         return jax.lax.fori_loop(0, inner, body, jnp.zeros((), start.dtype))
 
-    compiled = jax.jit(looped).lower(start, data).compile()
-    jax.block_until_ready(compiled(start, data))
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        jax.block_until_ready(compiled(start, data))
-        times.append(time.perf_counter() - begin)
-    return min(times) / inner / start.shape[0] * 1e9
+    compiled = jax.jit(looped, compiler_options=options).lower(start, data).compile()
+    return best_time(compiled, start, data) / inner / start.shape[0] * 1e9
+
+
+def step_ns(solver, problem, start, data, inner, options=None):
+    """Nanoseconds per fit of one whole LM step (`inner` steps from the start, vmapped)."""
+    states = jax.jit(jax.vmap(lambda p, d: solver.init(problem(d), p)))(start, data)
+
+    def looped(states, data):
+        def body(_, states):
+            return jax.vmap(lambda state, d: solver.step(problem(d), state))(states, data)
+
+        return jax.lax.fori_loop(0, inner, body, states)
+
+    compiled = jax.jit(looped, compiler_options=options).lower(states, data).compile()
+    return best_time(compiled, states, data) / inner / start.shape[0] * 1e9
 
 
 def main():
@@ -77,15 +102,22 @@ def main():
     dtype = jnp.dtype(dtype_name)
     tol = 1e-10 if dtype == jnp.float64 else 1e-5
     solver = jaxlm.LevenbergMarquardt(ftol=tol, xtol=tol)
-    print(f"{dtype_name}, N = {args.fits} fits, ns per fit and iteration (2-core CPU)")
-    print("| dtype | pixels | residuals | Jacobian | JᵀJ, Jᵀr | damped solve | whole LM step |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{dtype_name}, N = {args.fits} fits, ns per fit and iteration")
+    print(
+        "| dtype | pixels | residuals | Jacobian (`jacfwd`) | JᵀJ, Jᵀr: `vmap` of `jac.T @ jac` "
+        "| JᵀJ, Jᵀr: sums, YNNPACK | JᵀJ, Jᵀr: sums, XLA | damped solve "
+        "| LM step as `jit(vmap(least_squares))` | LM step as `least_squares_batch` |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    options = compiler_options()
     steps_rows = []
     for pixels in args.pixels:
         data, _, start = make_spots(jax.random.key(0), args.fits, pixels, dtype)
 
-        def problem(data, template=start[0]):
-            return build_problem(gaussian_2d_residual, None, (data,), template, data.shape)
+        def problem(data, template=start[0], elementwise_sums=False):
+            return build_problem(
+                gaussian_2d_residual, None, (data,), template, data.shape, elementwise_sums=elementwise_sums
+            )
 
         def residuals(p, d):
             return problem(d).residual(p)
@@ -93,31 +125,37 @@ def main():
         def jacobian(p, d):
             return problem(d).jacobian(p)
 
-        def normal_equations(p, d):
-            jac = jnp.outer(jnp.ravel(d), p)  # a stand-in of the Jacobian's shape, from the inputs
+        def stand_in_jacobian(p, d):  # the Jacobian's shape, from the inputs
+            return jnp.outer(jnp.ravel(d), p)
+
+        def matrix_products(p, d):
+            jac = stand_in_jacobian(p, d)
             return jac.T @ jac, jac.T @ jnp.ravel(d)
 
+        def elementwise_sums(p, d):
+            jac = stand_in_jacobian(p, d)
+            gram = jnp.sum(jac[:, :, None] * jac[:, None, :], axis=0)
+            return gram, jnp.sum(jac * jnp.ravel(d)[:, None], axis=0)
+
         def damped_solve(p, d):
-            jac = jnp.outer(jnp.ravel(d), p) + jnp.eye(d.size, p.size, dtype=p.dtype)
+            jac = stand_in_jacobian(p, d) + jnp.eye(d.size, p.size, dtype=p.dtype)
             jtj = jac.T @ jac
             return solve_damped_normal_equations(
                 jtj, jac.T @ jnp.ravel(d), 1e-3 * jnp.diagonal(jtj), jac, jnp.ravel(d)
             )
 
-        def lm_step(p, d):
-            state = solver.init(problem(d), p)
-            return solver.step(problem(d), state).x
-
-        jtj_ns = per_fit_ns(normal_equations, start, data, args.inner)
-        solve_ns = per_fit_ns(damped_solve, start, data, args.inner) - jtj_ns
-        init_ns = per_fit_ns(lambda p, d: solver.init(problem(d), p).x, start, data, args.inner)
-        step_ns = per_fit_ns(lm_step, start, data, args.inner) - init_ns
+        products_ns = per_fit_ns(matrix_products, start, data, args.inner)
         row = [
             per_fit_ns(residuals, start, data, args.inner),
             per_fit_ns(jacobian, start, data, args.inner),
-            jtj_ns,
-            solve_ns,
-            step_ns,
+            products_ns,
+            per_fit_ns(elementwise_sums, start, data, args.inner),
+            per_fit_ns(elementwise_sums, start, data, args.inner, options),
+            per_fit_ns(damped_solve, start, data, args.inner) - products_ns,
+            step_ns(solver, problem, start, data, args.inner),
+            step_ns(
+                solver, functools.partial(problem, elementwise_sums=True), start, data, args.inner, options
+            ),
         ]
         print(
             f"| {dtype_name} | {pixels}×{pixels} | " + " | ".join(f"{v:,.0f}" for v in row) + " |", flush=True

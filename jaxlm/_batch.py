@@ -25,6 +25,7 @@ on the host (numpy arrays). Each chunk is sharded over the devices along the fit
 GPUs, or a CPU run with `XLA_FLAGS=--xla_force_host_platform_device_count=4`, uses all of them.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import ArrayLike, PyTree
 from tqdm import tqdm
 
+from ._compiler_options import compiler_options
 from ._least_squares import build_problem, check_loss_and_bounds, check_options, check_residuals, flat_bounds
 from ._loop import AbstractSolver, first_state, next_state
 from ._loss import Loss, with_loss
@@ -166,6 +168,21 @@ class _Placement(eqx.Module):
     shared: NamedSharding  # arrays every fit uses, copied to every device
 
 
+def _jit(method):
+    """`eqx.filter_jit` with `compiler_options()`, made on the first call (finding the options
+    compiles a probe, which must not happen at import)."""
+    jitted = None
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        nonlocal jitted
+        if jitted is None:
+            jitted = eqx.filter_jit(method, compiler_options=compiler_options() or None)
+        return jitted(*args, **kwargs)
+
+    return call
+
+
 class _BatchSolve(eqx.Module):
     """One fit's problem and solver, and the batched, jitted pieces of the batch solve."""
 
@@ -182,10 +199,11 @@ class _BatchSolve(eqx.Module):
 
     def problem(self, args):
         fun = with_loss(self.fun, self.loss, self.f_scale)
-        return build_problem(fun, self.jac, args, self.template, self.residual_shape, self.bounds)
+        return build_problem(
+            fun, self.jac, args, self.template, self.residual_shape, self.bounds, elementwise_sums=True
+        )
 
-    @eqx.filter_jit
-    def start(self, starts, args):
+    def initial_states(self, starts, args):
         def one(x0, args):
             problem = self.problem(args)
             return first_state(self.solver, problem, problem.project(ravel_pytree(x0)[0]))
@@ -193,7 +211,9 @@ class _BatchSolve(eqx.Module):
         states = jax.vmap(one, in_axes=(0, self.axes))(starts, args)
         return states, jnp.zeros(states.status.shape, jnp.int32)
 
-    @eqx.filter_jit
+    start = _jit(initial_states)
+
+    @_jit
     def round(self, states, num_steps, args, last_round: bool, mesh: Mesh):
         """Step the running fits until at most 1/8 of them are still running (all of them stop,
         in the last round). Each device runs its own loop on its own fits (`shard_map`), so the
@@ -227,7 +247,7 @@ class _BatchSolve(eqx.Module):
             local_round, mesh=mesh, in_specs=(fits, fits, args_specs), out_specs=(fits, fits), check_vma=False
         )(states, num_steps, args)
 
-    @eqx.filter_jit
+    @_jit
     def solution(self, states, num_steps, args, return_residuals):
         def one(state, num_steps, args):
             residual = state.residual
@@ -396,7 +416,7 @@ def _default_chunk_size(batch, starts, args, platform) -> int:
         arg if axis is None else jax.tree.map(one_fit, arg)
         for arg, axis in zip(args, batch.axes, strict=True)
     )
-    states = jax.eval_shape(batch.start, jax.tree.map(one_fit, starts), one_args)
+    states = jax.eval_shape(batch.initial_states, jax.tree.map(one_fit, starts), one_args)
     bytes_per_fit = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
     fits = CHUNK_BYTES["cpu" if platform == "cpu" else "other"] // max(bytes_per_fit, 1)
     return 1 << int(np.clip(int(fits).bit_length() - 1, 8, 22))

@@ -311,7 +311,9 @@ def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
     return out
 
 
-def build_problem(fun, jac, args, x0, residual_shape, bounds=None, residual_chunk_size=None) -> Problem:
+def build_problem(
+    fun, jac, args, x0, residual_shape, bounds=None, residual_chunk_size=None, elementwise_sums=False
+) -> Problem:
     """The flat problem the solvers see: residuals and Jacobian as functions of a flat vector
     (or, with a residual_chunk_size, those of chunks of the data points)."""
     x_flat, unravel = ravel_pytree(x0)
@@ -332,7 +334,7 @@ def build_problem(fun, jac, args, x0, residual_shape, bounds=None, residual_chun
         def jacobian(x):
             return user_jacobian(x, args)
 
-    return Problem(residual, jacobian, lower=lower, upper=upper)
+    return Problem(residual, jacobian, lower=lower, upper=upper, elementwise_sums=elementwise_sums)
 
 
 def chunked_residuals(fun, jac, args, x0, residual_shape, residual_chunk_size) -> ChunkedResiduals:

@@ -187,3 +187,55 @@ def test_sharded_over_four_devices():
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("num_residuals", [25, 40])
+def test_elementwise_normal_equations(num_residuals):
+    """The batch driver's JᵀJ and Jᵀr (sums of elementwise products for up to
+    ELEMENTWISE_MAX_RESIDUALS residuals, matrix products above) are the matrix products."""
+    from jaxlm._least_squares import build_problem
+    from jaxlm._loop import ELEMENTWISE_MAX_RESIDUALS
+
+    t = np.linspace(0.0, 3.0, num_residuals)
+    y = np.stack([2.0 * np.exp(-1.3 * t), 0.5 * np.exp(-0.2 * t)])
+    params = np.array([[1.0, 1.0], [0.7, 0.1]])
+
+    def normal_equations(params, y, elementwise):
+        problem = build_problem(
+            exponential_decay, None, (t, y), params, (num_residuals,), elementwise_sums=elementwise
+        )
+        _, residual = problem.evaluate(params)
+        return problem.normal_equations(params, residual)
+
+    for elementwise in (True, False):
+        jac, jtj, grad = jax.jit(jax.vmap(lambda p, y, e=elementwise: normal_equations(p, y, e)))(params, y)
+        np.testing.assert_allclose(jtj, np.einsum("bki,bkj->bij", jac, jac), rtol=1e-13)
+        residual = jax.vmap(exponential_decay, in_axes=(0, None, 0))(params, t, y)
+        np.testing.assert_allclose(grad, np.einsum("bki,bk->bi", jac, residual), rtol=1e-13)
+    lowered = jax.jit(jax.vmap(lambda p, y: normal_equations(p, y, True))).lower(params, y).as_text()
+    assert ("dot_general" in lowered) == (num_residuals > ELEMENTWISE_MAX_RESIDUALS)
+
+
+def test_compiler_options(monkeypatch):
+    """The batch driver compiles with XLA:CPU's own reductions where the installed jaxlib has the
+    option, and without options where it does not."""
+    from jaxlm import _compiler_options
+
+    options = _compiler_options.compiler_options()
+    assert options in ({}, _compiler_options.CPU_BATCH_OPTIONS)
+    if options:
+
+        def gram(x):
+            return jnp.sum(x[:, :, :, None] * x[:, :, None, :], axis=1)
+
+        gram = jax.jit(gram, compiler_options=options)
+        x = np.arange(12.0).reshape(2, 3, 2)
+        np.testing.assert_allclose(gram(x), np.einsum("bki,bkj->bij", x, x))
+    monkeypatch.setattr(_compiler_options, "CPU_BATCH_OPTIONS", {"xla_no_such_option_anywhere": "1"})
+    _compiler_options.compiler_options.cache_clear()
+    try:
+        assert _compiler_options.compiler_options() == {}
+    finally:
+        monkeypatch.undo()
+        _compiler_options.compiler_options.cache_clear()
+    assert _compiler_options.compiler_options() == options

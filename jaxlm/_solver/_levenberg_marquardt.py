@@ -252,8 +252,9 @@ class LevenbergMarquardt(AbstractSolver):
         residual = None if residual_trial is None else jnp.where(accepted, residual_trial, state.residual)
         if problem.chunks is None:
             jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
-            jtj = jnp.where(accepted, jac.T @ jac, state.jtj)
-            grad = jnp.where(accepted, jac.T @ residual, state.grad)
+            jtj, grad = problem.jtj_and_gradient(jac, residual)
+            jtj = jnp.where(accepted, jtj, state.jtj)
+            grad = jnp.where(accepted, grad, state.grad)
         else:  # JᵀJ and Jᵀr accumulated chunk by chunk, without J
             jac = None
             keep = (state.jtj, state.grad)

@@ -79,12 +79,26 @@ def best_time(run, start, data, repeats):
     return min(times), output
 
 
+SOLVERS = {
+    "jaxlm vmap": jaxlm_vmap,
+    "jaxlm least_squares_batch": jaxlm_batch,
+    "optimistix vmap": optimistix_vmap,
+}
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--solvers",
+        nargs="+",
+        choices=list(SOLVERS),
+        default=list(SOLVERS),
+        help="the rows to run (optimistix with hard fits takes most of the time)",
+    )
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; {' '.join(sys.argv[1:])}")
     print(
@@ -101,12 +115,8 @@ def main():
             hard_start = start.copy()
             hard_start[hard] = truth[hard] * HARD_START_FACTORS
             cases.append((f"{count} ({count / num_fits:.1%})", hard_start))
-        for name, make in [
-            ("jaxlm vmap", jaxlm_vmap),
-            ("jaxlm least_squares_batch", jaxlm_batch),
-            ("optimistix vmap", optimistix_vmap),
-        ]:
-            run = make()
+        for name in args.solvers:
+            run = SOLVERS[name]()
             baseline = None
             for label, case_start in cases:
                 seconds, (success, steps) = best_time(run, case_start, data, args.repeats)

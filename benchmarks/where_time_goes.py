@@ -5,14 +5,15 @@ jitted, as the solver runs it: the residuals at a trial point, the Jacobian (`ja
 the normal equations JᵀJ and Jᵀr, the damped 5×5 solve, and a whole `LevenbergMarquardt.step`.
 Each is repeated `--inner` times inside one `lax.fori_loop` (with the data perturbed so that
 XLA cannot hoist it) and reported per fit and iteration, in nanoseconds. The normal equations
-three ways: as `vmap` makes them of `jac.T @ jac` (a batch of tiny matrix products), as sums of
-elementwise products with XLA's default compiler options (which hand the sums to YNNPACK), and
-as those sums with `jaxlm._compiler_options.compiler_options()` (XLA:CPU's own loops); the
-whole step as `jit(vmap(least_squares))` compiles it and as `least_squares_batch` does (the
-sums, for up to 32 residuals, and those options). Then the wasted
-lanes: under `jax.vmap` the loop runs until the slowest fit stops, so a batch costs
-max(steps) iterations per fit while the fits need mean(steps); `least_squares_batch` stops a
-round when at most 1/8 of the fits run and goes on with those alone.
+are timed as one call on the batch's Jacobians (written out beforehand), three ways: as `vmap`
+makes them of `jac.T @ jac` (a batch of tiny matrix products), as sums of elementwise products
+with XLA's default compiler options (which hand the sums to YNNPACK), and as those sums with
+`jaxlm._compiler_options.compiler_options()` (XLA:CPU's own loops). The whole step is timed as
+`jit(vmap(least_squares))` compiles it and as `least_squares_batch` does (those sums for up to
+32 residuals, and those options). Then the wasted lanes: under `jax.vmap` the loop runs until
+the slowest fit stops, so a batch costs max(steps) iterations per fit while the fits need
+mean(steps); `least_squares_batch` stops a round when at most 1/8 of the fits run and goes on
+with those alone.
 
     python benchmarks/where_time_goes.py                     # float32 and float64, 5×5 and 11×11
     python benchmarks/where_time_goes.py --dtypes float64 --pixels 5
@@ -61,6 +62,12 @@ def per_fit_ns(piece, start, data, inner, options=None):
 
     compiled = jax.jit(looped, compiler_options=options).lower(start, data).compile()
     return best_time(compiled, start, data) / inner / start.shape[0] * 1e9
+
+
+def call_ns(piece, inputs, options=None, repeats=20):
+    """Nanoseconds per fit of one call of `jit(vmap(piece))` on `inputs`, best of `repeats`."""
+    compiled = jax.jit(jax.vmap(piece), compiler_options=options).lower(*inputs).compile()
+    return best_time(compiled, *inputs, repeats=repeats) / inputs[0].shape[0] * 1e9
 
 
 def step_ns(solver, problem, start, data, inner, options=None):
@@ -128,14 +135,16 @@ def main():
         def stand_in_jacobian(p, d):  # the Jacobian's shape, from the inputs
             return jnp.outer(jnp.ravel(d), p)
 
-        def matrix_products(p, d):
-            jac = stand_in_jacobian(p, d)
+        def matrix_products(jac, d):
             return jac.T @ jac, jac.T @ jnp.ravel(d)
 
-        def elementwise_sums(p, d):
-            jac = stand_in_jacobian(p, d)
+        def elementwise_sums(jac, d):
             gram = jnp.sum(jac[:, :, None] * jac[:, None, :], axis=0)
             return gram, jnp.sum(jac * jnp.ravel(d)[:, None], axis=0)
+
+        def stand_in_products(p, d):
+            jac = stand_in_jacobian(p, d) + jnp.eye(d.size, p.size, dtype=p.dtype)
+            return jac.T @ jac, jac.T @ jnp.ravel(d)
 
         def damped_solve(p, d):
             jac = stand_in_jacobian(p, d) + jnp.eye(d.size, p.size, dtype=p.dtype)
@@ -144,14 +153,15 @@ def main():
                 jtj, jac.T @ jnp.ravel(d), 1e-3 * jnp.diagonal(jtj), jac, jnp.ravel(d)
             )
 
-        products_ns = per_fit_ns(matrix_products, start, data, args.inner)
+        jacobians = jax.jit(jax.vmap(jacobian))(start, data)  # the pieces below start from J
         row = [
             per_fit_ns(residuals, start, data, args.inner),
             per_fit_ns(jacobian, start, data, args.inner),
-            products_ns,
-            per_fit_ns(elementwise_sums, start, data, args.inner),
-            per_fit_ns(elementwise_sums, start, data, args.inner, options),
-            per_fit_ns(damped_solve, start, data, args.inner) - products_ns,
+            call_ns(matrix_products, (jacobians, data)),
+            call_ns(elementwise_sums, (jacobians, data)),
+            call_ns(elementwise_sums, (jacobians, data), options),
+            per_fit_ns(damped_solve, start, data, args.inner)
+            - per_fit_ns(stand_in_products, start, data, args.inner),
             step_ns(solver, problem, start, data, args.inner),
             step_ns(
                 solver, functools.partial(problem, elementwise_sums=True), start, data, args.inner, options

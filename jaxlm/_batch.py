@@ -212,6 +212,9 @@ class _BatchSolve(eqx.Module):
         return states, jnp.zeros(states.status.shape, jnp.int32)
 
     start = _jit(initial_states)
+    # Jitted without options, for `jax.eval_shape` (which nests it, where options are refused),
+    # so that repeated calls reuse the traced program instead of tracing `init` every time.
+    start_shapes = eqx.filter_jit(initial_states)
 
     @_jit
     def round(self, states, num_steps, args, last_round: bool, mesh: Mesh):
@@ -416,7 +419,7 @@ def _default_chunk_size(batch, starts, args, platform) -> int:
         arg if axis is None else jax.tree.map(one_fit, arg)
         for arg, axis in zip(args, batch.axes, strict=True)
     )
-    states = jax.eval_shape(batch.initial_states, jax.tree.map(one_fit, starts), one_args)
+    states = jax.eval_shape(batch.start_shapes, jax.tree.map(one_fit, starts), one_args)
     bytes_per_fit = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(states))
     fits = CHUNK_BYTES["cpu" if platform == "cpu" else "other"] // max(bytes_per_fit, 1)
     return 1 << int(np.clip(int(fits).bit_length() - 1, 8, 22))

@@ -43,9 +43,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._linear import solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
-from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import check_tolerances, initial_status, resolve_tolerance
+from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
 
 
 class LevenbergMarquardtState(eqx.Module):
@@ -261,26 +260,23 @@ class LevenbergMarquardt(AbstractSolver):
             jtj, grad = lax.cond(accepted, problem.chunks.normal_equations, lambda _: keep, x)
         scale = jnp.maximum(state.scale, jnp.diagonal(jtj)) if self.scaled else state.scale
 
-        ftol = resolve_tolerance("ftol", self.ftol, dtype)
-        xtol = resolve_tolerance("xtol", self.xtol, dtype)
-        gtol = resolve_tolerance("gtol", self.gtol, dtype)
         # With Marquardt scaling the norms are taken in the scaled variables D·x, as MINPACK does, so
         # that a parameter of large magnitude cannot hide the steps of the others.
         weight = jnp.sqrt(scale) if self.scaled else 1
         step_norm = jnp.linalg.norm(weight * step)
-        gtol_met = jnp.max(jnp.abs(jnp.where(problem.free_variables(x, grad), grad, 0))) <= gtol
-        # A step refused for its curvature says nothing about convergence, only one refused for its cost.
-        xtol_met = (step_norm <= xtol * (jnp.linalg.norm(weight * x) + xtol)) & acceleration_ok
-        ftol_met = (
-            (jnp.abs(actual_reduction) <= ftol * state.cost)
-            & (predicted_reduction <= ftol * state.cost)
-            & (gain_ratio <= 2)
+        status = levenberg_marquardt_status(
+            self,
+            grad=jnp.where(problem.free_variables(x, grad), grad, 0),
+            step_norm=step_norm,
+            x_norm=jnp.linalg.norm(weight * x),
+            cost=state.cost,
+            actual_reduction=actual_reduction,
+            predicted_reduction=predicted_reduction,
+            gain_ratio=gain_ratio,
+            diverged=~jnp.isfinite(mu) | ~jnp.isfinite(radius),
+            # A step refused for its curvature says nothing about convergence, only one refused for its cost.
+            xtol_applies=acceleration_ok,
         )
-        status = jnp.select(
-            [gtol_met, xtol_met, ftol_met, ~jnp.isfinite(mu) | ~jnp.isfinite(radius)],
-            [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
-            Status.RUNNING,
-        ).astype(jnp.int32)
 
         return LevenbergMarquardtState(
             x=x,

@@ -58,9 +58,8 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from .._loop import AbstractSolver, Problem
-from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import check_tolerances, initial_status, resolve_tolerance
+from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
 
 
 class MatrixFreeLMState(eqx.Module):
@@ -241,25 +240,22 @@ class MatrixFreeLM(AbstractSolver):
         )
         scale = jnp.maximum(state.scale, jtj_diagonal)
 
-        ftol = resolve_tolerance("ftol", self.ftol, dtype)
-        xtol = resolve_tolerance("xtol", self.xtol, dtype)
-        gtol = resolve_tolerance("gtol", self.gtol, dtype)
         # The norms of the scaled variables D·x, as in MINPACK (D = I without probes).
         weight = jnp.sqrt(scale)
         step_norm = jnp.linalg.norm(weight * step)
-        gtol_met = jnp.max(jnp.abs(grad)) <= gtol
-        xtol_met = (step_norm <= xtol * (jnp.linalg.norm(weight * x) + xtol)) & cg_converged
-        ftol_met = (
-            (jnp.abs(actual_reduction) <= ftol * state.cost)
-            & (predicted_reduction <= ftol * state.cost)
-            & (gain_ratio <= 2)
-            & cg_converged
+        status = levenberg_marquardt_status(
+            self,
+            grad=grad,
+            step_norm=step_norm,
+            x_norm=jnp.linalg.norm(weight * x),
+            cost=state.cost,
+            actual_reduction=actual_reduction,
+            predicted_reduction=predicted_reduction,
+            gain_ratio=gain_ratio,
+            diverged=~jnp.isfinite(mu),
+            xtol_applies=cg_converged,
+            ftol_applies=cg_converged,
         )
-        status = jnp.select(
-            [gtol_met, xtol_met, ftol_met, ~jnp.isfinite(mu)],
-            [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
-            Status.RUNNING,
-        ).astype(jnp.int32)
 
         return MatrixFreeLMState(
             x=x,

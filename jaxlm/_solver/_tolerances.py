@@ -56,6 +56,49 @@ def convergence_status(
     ).astype(jnp.int32)
 
 
+def levenberg_marquardt_status(
+    solver,
+    *,
+    grad,
+    step_norm,
+    x_norm,
+    cost,
+    actual_reduction,
+    predicted_reduction,
+    gain_ratio,
+    diverged,
+    xtol_applies=True,
+    ftol_applies=True,
+):
+    """The stopping tests of the Levenberg–Marquardt solvers (MINPACK's), as a `Status` value.
+
+    ‖g‖∞ ≤ gtol (g already masked to the free parameters); ‖Dh‖ ≤ xtol·(‖Dx‖ + xtol); or both
+    the actual and the predicted reduction of the cost at most ftol·F with a gain ratio ρ ≤ 2
+    (the quadratic model agreed with the step). `xtol_applies` and `ftol_applies` say whether the
+    step can be judged by those tests at all (a step refused for its curvature, or one from an
+    unfinished inner solve, says nothing about convergence). `NO_DESCENT` when `diverged` (the
+    damping or the radius is no longer finite). The tolerances are `solver.ftol`, `.xtol`,
+    `.gtol`, or the defaults of the dtype.
+    """
+    dtype = grad.dtype
+    ftol = resolve_tolerance("ftol", solver.ftol, dtype)
+    xtol = resolve_tolerance("xtol", solver.xtol, dtype)
+    gtol = resolve_tolerance("gtol", solver.gtol, dtype)
+    gtol_met = jnp.max(jnp.abs(grad)) <= gtol
+    xtol_met = (step_norm <= xtol * (x_norm + xtol)) & xtol_applies
+    ftol_met = (
+        (jnp.abs(actual_reduction) <= ftol * cost)
+        & (predicted_reduction <= ftol * cost)
+        & (gain_ratio <= 2)
+        & ftol_applies
+    )
+    return jnp.select(
+        [gtol_met, xtol_met, ftol_met, diverged],
+        [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
+        Status.RUNNING,
+    ).astype(jnp.int32)
+
+
 def initial_status(grad, gtol, dtype):
     """`CONVERGED_GTOL` if the starting point already meets gtol, else `RUNNING`."""
     gtol = resolve_tolerance("gtol", gtol, dtype)

@@ -8,11 +8,18 @@ its own, after a warm-up compile of a trivial function (so that neither pays for
 backend or for the other's first compilations), and reports its tracing and lowering time and
 XLA's compile time separately (`jax.jit(...).lower(...)`, `.compile()`, in a third process).
 
+A second table says where XLA's compile time goes, from XLA:CPU's own timers (logged at
+`TF_CPP_MAX_VLOG_LEVEL=1`, in a fourth process per solver): its HLO passes, and the number of
+kernels and the CPU time spent emitting them (MLIR) and compiling them (LLVM), summed over
+XLA's compile threads.
+
     python benchmarks/latency.py
 """
 
 import argparse
+import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -63,6 +70,27 @@ def timed(call, repeats):
     return statistics.median(times), min(times)
 
 
+XLA_TIMERS = {
+    "hlo": r"Running HLO passes on \[jit_",
+    "mlir": r"Compiled MLIR module",
+    "llvm": r"Compiled LLVM module",
+}
+
+
+def xla_timers(log):
+    """(count, seconds) of each of XLA:CPU's timers in `XLA_TIMERS`, from its VLOG(1) lines
+    "<what> time: <value> <unit> (...)"."""
+    units = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+    totals = {}
+    for key, pattern in XLA_TIMERS.items():
+        times = [
+            float(value) * units[unit]
+            for value, unit in re.findall(pattern + r".*? time: ([0-9.]+) (s|ms|us|µs) ", log)
+        ]
+        totals[key] = (len(times), sum(times))
+    return totals
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +106,7 @@ def main():
     if args.solver is not None:  # a child process: one solver
         solve = jax.jit(SOLVERS[args.solver])
         if args.phases:
+            print("=== solve ===", file=sys.stderr, flush=True)  # XLA's log lines after this are the solve's
             start = time.perf_counter()
             lowered = solve.lower(x0, x, y)
             middle = time.perf_counter()
@@ -123,6 +152,23 @@ def main():
         f"| scipy least_squares(method='lm') | – | – | – | {steady * 1e6:.0f} | {best * 1e6:.0f} "
         f"| {params[0]:.6g}, {params[1]:.6g} |"
     )
+
+    print()
+    print(
+        "| solver | XLA: HLO passes s | kernels emitted (MLIR) | their CPU s "
+        "| modules compiled (LLVM) | their CPU s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in SOLVERS:
+        command = [sys.executable, __file__, "--solver", name, "--phases"]
+        verbose = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_MAX_VLOG_LEVEL": "1"}
+        log = subprocess.run(command, capture_output=True, text=True, check=True, env=verbose).stderr
+        timers = xla_timers(log.split("=== solve ===")[-1])
+        print(
+            f"| {name} | {timers['hlo'][1]:.3f} | {timers['mlir'][0]} | {timers['mlir'][1]:.3f} "
+            f"| {timers['llvm'][0]} | {timers['llvm'][1]:.3f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

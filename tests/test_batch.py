@@ -216,6 +216,24 @@ def test_elementwise_normal_equations(num_residuals):
     assert ("dot_general" in lowered) == (num_residuals > ELEMENTWISE_MAX_RESIDUALS)
 
 
+@pytest.mark.parametrize("solver", [jaxlm.GaussNewton(), jaxlm.HybridLMQN()], ids=lambda s: type(s).__name__)
+def test_other_solvers_same_fits_as_vmap(solver):
+    """GaussNewton and the hybrid take their normal equations from the problem too, so in the batch
+    driver (25 residuals: elementwise sums) they fit as they do under vmap."""
+    easy = [i for i in range(24) if i not in HARD and i != NAN_DATA]
+    starts, y = STARTS[easy], Y[easy]
+    reference = jax.jit(
+        jax.vmap(lambda p, y: jaxlm.least_squares(exponential_decay, p, (T, y), solver=solver))
+    )(starts, y)
+    batched = jaxlm.least_squares_batch(
+        exponential_decay, starts, (T, y), in_axes=(None, 0), solver=solver, progress=False
+    )
+    assert np.all(batched.success) and np.all(np.asarray(reference.success))
+    np.testing.assert_array_equal(batched.num_steps, np.asarray(reference.num_steps))
+    np.testing.assert_allclose(batched.params, np.asarray(reference.params), rtol=1e-8)
+    np.testing.assert_allclose(batched.cost, np.asarray(reference.cost), rtol=1e-10)
+
+
 def test_compiler_options(monkeypatch):
     """The batch driver compiles with XLA:CPU's own reductions where the installed jaxlib has the
     option, and without options where it does not."""

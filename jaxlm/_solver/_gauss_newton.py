@@ -66,7 +66,7 @@ class GaussNewton(AbstractSolver):
         problem.require_residuals("GaussNewton")
         residual = problem.residual(x0)
         jac = problem.jacobian(x0)
-        grad = jac.T @ residual
+        _, grad = problem.jtj_and_gradient(jac, residual)
         return GaussNewtonState(
             x=x0,
             residual=residual,
@@ -86,8 +86,9 @@ class GaussNewton(AbstractSolver):
     def step(self, problem: Problem, state: GaussNewtonState) -> GaussNewtonState:
         dtype = state.x.dtype
         alpha = state.step_length
+        jtj, _ = problem.jtj_and_gradient(state.jac, state.residual)
         direction = solve_damped_normal_equations(
-            state.jac.T @ state.jac, state.grad, jnp.zeros_like(state.x), state.jac, state.residual
+            jtj, state.grad, jnp.zeros_like(state.x), state.jac, state.residual
         )
         step = alpha * direction
         x_trial = state.x + step
@@ -104,7 +105,7 @@ class GaussNewton(AbstractSolver):
         residual = jnp.where(accepted, residual_trial, state.residual)
         cost = jnp.where(accepted, cost_trial, state.cost)
         jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
-        grad = jnp.where(accepted, jac.T @ residual, state.grad)
+        grad = jnp.where(accepted, problem.jtj_and_gradient(jac, residual)[1], state.grad)
         predicted_reduction = -alpha * slope - 0.5 * jnp.sum((state.jac @ step) ** 2)
 
         status = convergence_status(

@@ -84,7 +84,7 @@ class HybridLMQN(AbstractSolver):
         problem.require_residuals("HybridLMQN")
         residual = problem.residual(x0)
         jac = problem.jacobian(x0)
-        grad = jac.T @ residual
+        _, grad = problem.jtj_and_gradient(jac, residual)
         dtype = x0.dtype
         largest = jnp.maximum(jnp.max(jnp.sum(jac**2, axis=0)), jnp.finfo(dtype).tiny)
         return HybridState(
@@ -115,9 +115,8 @@ class HybridLMQN(AbstractSolver):
         mu, nu, radius, qn = state.damping, state.damping_growth, state.radius, state.use_quasi_newton
         grad, cost, B = state.grad, state.cost, state.hessian_approximation
 
-        lm_step = solve_damped_normal_equations(
-            state.jac.T @ state.jac, grad, jnp.full_like(grad, mu), state.jac, state.residual
-        )
+        jtj, _ = problem.jtj_and_gradient(state.jac, state.residual)
+        lm_step = solve_damped_normal_equations(jtj, grad, jnp.full_like(grad, mu), state.jac, state.residual)
         qn_step = -jnp.linalg.solve(B, grad)
         qn_step = qn_step * jnp.minimum(1, radius / jnp.linalg.norm(qn_step))
         step = jnp.where(qn, qn_step, lm_step)
@@ -126,7 +125,7 @@ class HybridLMQN(AbstractSolver):
         residual_new = problem.residual(x_new)
         cost_new = 0.5 * jnp.sum(residual_new**2)
         jac_new = problem.jacobian(x_new)
-        grad_new = jac_new.T @ residual_new
+        _, grad_new = problem.jtj_and_gradient(jac_new, residual_new)
         finite = jnp.isfinite(cost_new) & jnp.all(jnp.isfinite(grad_new))
         grad_new_norm, grad_norm = jnp.max(jnp.abs(grad_new)), jnp.max(jnp.abs(grad))
 

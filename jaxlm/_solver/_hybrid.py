@@ -84,9 +84,9 @@ class HybridLMQN(AbstractSolver):
         problem.require_residuals("HybridLMQN")
         residual = problem.residual(x0)
         jac = problem.jacobian(x0)
-        _, grad = problem.jtj_and_gradient(jac, residual)
+        jtj, grad = problem.jtj_and_gradient(jac, residual)
         dtype = x0.dtype
-        largest = jnp.maximum(jnp.max(jnp.sum(jac**2, axis=0)), jnp.finfo(dtype).tiny)
+        largest = jnp.maximum(jnp.max(jnp.diagonal(jtj)), jnp.finfo(dtype).tiny)
         return HybridState(
             x=x0,
             residual=residual,
@@ -167,7 +167,7 @@ class HybridLMQN(AbstractSolver):
 
         xtol = resolve_tolerance("xtol", self.xtol, dtype)
         xtol_threshold = xtol * (jnp.linalg.norm(state.x) + xtol)
-        column_norms = jnp.linalg.norm(state.jac, axis=0)
+        column_norms = jnp.sqrt(jnp.diagonal(jtj))
         weight = jnp.where(column_norms > 0, column_norms, 1)
         better = jnp.where(qn, qn_better, lm_better)
         use_qn = jnp.where(qn, ~back_to_lm, switch_to_qn)

@@ -2,15 +2,15 @@
 
 The fast path equilibrates the normal equations (scales them to a unit diagonal, which makes
 them independent of the parameters' units) and factorises them by Cholesky; for a handful of
-parameters the factorisation is unrolled into elementwise operations, which is an order of
-magnitude faster under `vmap` than a batched LAPACK call. Forming JᵀJ squares the condition
-number, so when the factorisation breaks down or its pivots show that it has lost more than
-half the digits, the step is recomputed as the least-squares solution of the augmented system
-[J; diag(√d)] h ≈ −[r; 0] by SVD, whose accuracy depends on cond(J) instead of cond(J)².
-A chunked problem (`least_squares(residual_chunk_size=...)`) never forms J, so its fallback is the
-pseudo-inverse of the equilibrated JᵀJ + diag(d) by an eigendecomposition: it gives a
-minimum-norm step where Cholesky breaks down, but its accuracy depends on cond(J)² like the
-normal equations themselves.
+parameters the factorisation is unrolled into elementwise operations (in its square-root-free
+form L·diag(p)·Lᵀ), which is an order of magnitude faster under `vmap` than a batched LAPACK
+call. Forming JᵀJ squares the condition number, so when the factorisation breaks down or its
+pivots show that it has lost more than half the digits, the step is recomputed as the
+least-squares solution of the augmented system [J; diag(√d)] h ≈ −[r; 0] by SVD, whose
+accuracy depends on cond(J) instead of cond(J)². A chunked problem
+(`least_squares(residual_chunk_size=...)`) never forms J, so its fallback is the pseudo-inverse
+of the equilibrated JᵀJ + diag(d) by an eigendecomposition: it gives a minimum-norm step where
+Cholesky breaks down, but its accuracy depends on cond(J)² like the normal equations themselves.
 
 Under `vmap` a `lax.cond` with a batched predicate evaluates both branches, which would make
 every fit pay for the SVD. The batching rule below therefore factorises the whole batch and
@@ -48,41 +48,43 @@ def _cholesky_solve(jtj, grad, damping, jac, residual) -> tuple[Array, Bool[Arra
     matrix = scale[:, None] * (jtj + jnp.diag(damping)) * scale[None, :]
     rhs = -scale * grad
     if matrix.shape[0] <= UNROLL_MAX_SIZE:
-        solution, pivots = _unrolled_cholesky_solve(matrix, rhs)
+        solution, squared_pivots = _unrolled_ldlt_solve(matrix, rhs)
     else:
         factor = jnp.linalg.cholesky(matrix)
         solution = jax.scipy.linalg.cho_solve((factor, True), rhs)
-        pivots = jnp.diagonal(factor)
+        squared_pivots = jnp.diagonal(factor) ** 2
     # The equilibrated matrix has a unit diagonal, so each squared pivot is the fraction of its
     # column that is independent of the columns before it; below √eps half the digits are gone.
+    # A non-finite entry of the solution counts as a zero pivot. (One reduction per test: XLA
+    # compiles each reduction as a kernel of its own.)
     tolerance = jnp.sqrt(jnp.finfo(matrix.dtype).eps)
-    broken = ~jnp.all(jnp.isfinite(solution)) | ~(jnp.min(pivots) ** 2 > tolerance)
+    broken = ~(jnp.min(jnp.where(jnp.isfinite(solution), squared_pivots, 0)) > tolerance)
     # Non-finite inputs (a fit with NaN in its data) cannot be rescued by the fallback; in a batch
     # they must not make every other fit pay for it.
-    failed = broken & jnp.all(jnp.isfinite(matrix)) & jnp.all(jnp.isfinite(rhs))
+    failed = broken & jnp.all(jnp.isfinite(jnp.column_stack([matrix, rhs])))
     return scale * solution, failed
 
 
-def _unrolled_cholesky_solve(matrix, rhs):
-    """Cholesky factorisation and the two triangular solves, written out entry by entry."""
+def _unrolled_ldlt_solve(matrix, rhs):
+    """The solution of A x = b by A = L·diag(p)·Lᵀ (L unit lower triangular), written out entry by
+    entry, and p, the squared pivots of Cholesky's A = (L√p)(L√p)ᵀ. Without Cholesky's square
+    roots XLA fuses the whole of it into a few kernels (Golub & Van Loan, "Matrix Computations",
+    4th ed., §4.1.2)."""
     n = matrix.shape[0]
-    factor = [[None] * n for _ in range(n)]
+    lower = [[None] * n for _ in range(n)]
+    pivots = [None] * n
     for j in range(n):
-        pivot = jnp.sqrt(matrix[j, j] - sum((factor[j][k] ** 2 for k in range(j)), 0.0))
-        factor[j][j] = pivot
+        scaled = [lower[j][k] * pivots[k] for k in range(j)]  # row j of L·diag(p)
+        pivots[j] = matrix[j, j] - sum((lower[j][k] * scaled[k] for k in range(j)), 0.0)
         for i in range(j + 1, n):
-            dot = sum((factor[i][k] * factor[j][k] for k in range(j)), 0.0)
-            factor[i][j] = (matrix[i, j] - dot) / pivot
-    forward = []
+            lower[i][j] = (matrix[i, j] - sum((lower[i][k] * scaled[k] for k in range(j)), 0.0)) / pivots[j]
+    forward = []  # L y = b
     for i in range(n):
-        dot = sum((factor[i][k] * forward[k] for k in range(i)), 0.0)
-        forward.append((rhs[i] - dot) / factor[i][i])
-    solution = [None] * n
+        forward.append(rhs[i] - sum((lower[i][k] * forward[k] for k in range(i)), 0.0))
+    solution = [None] * n  # Lᵀ x = diag(p)⁻¹ y
     for i in reversed(range(n)):
-        dot = sum((factor[k][i] * solution[k] for k in range(i + 1, n)), 0.0)
-        solution[i] = (forward[i] - dot) / factor[i][i]
-    pivots = jnp.stack([factor[j][j] for j in range(n)])
-    return jnp.stack(solution), pivots
+        solution[i] = forward[i] / pivots[i] - sum((lower[k][i] * solution[k] for k in range(i + 1, n)), 0.0)
+    return jnp.stack(solution), jnp.stack(pivots)
 
 
 def _fallback_solve(jtj, grad, damping, jac, residual) -> Array:

@@ -66,7 +66,7 @@ class Problem(eqx.Module):
         if self.residual is None:
             return self.scalar_cost(x), jnp.zeros((0,), x.dtype)
         residual = self.residual(x)
-        return 0.5 * jnp.sum(residual**2), residual
+        return jnp.sum(0.5 * residual**2), residual  # ½ inside the sum: no kernel of its own
 
     def normal_equations(
         self, x: Float[Array, " n"], residual: Float[Array, " m"] | None

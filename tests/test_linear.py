@@ -33,7 +33,7 @@ def _check(step, jac, residual, damping, well_conditioned):
         np.testing.assert_allclose(step, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [3, 12])  # unrolled and LAPACK Cholesky
+@pytest.mark.parametrize("n", [3, 12])  # unrolled LDLᵀ and LAPACK Cholesky
 @pytest.mark.parametrize("collinear", [False, True])  # fast path and fallback
 def test_solve_minimises_the_augmented_least_squares_problem(n, collinear):
     jtj, grad, jac, residual = _system(jax.random.key(n), 30, n, collinear)

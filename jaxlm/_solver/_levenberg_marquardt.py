@@ -57,7 +57,7 @@ class LevenbergMarquardtState(eqx.Module):
     scale: Float[Array, " n"]  # D², the diagonal that multiplies μ
     damping: Float[Array, ""]  # μ
     damping_growth: Float[Array, ""]  # ν
-    radius: Float[Array, ""]  # Δ, used by the trust-region rule only
+    radius: Float[Array, ""]  # Δ, used by the trust-region rule only (∞ under the others)
     step_norm: Float[Array, ""]
     accepted: Bool[Array, ""]
     status: Int[Array, ""]
@@ -138,6 +138,10 @@ class LevenbergMarquardt(AbstractSolver):
         else:
             scale = jnp.ones_like(x0)
             damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
+        if self.damping_rule == "trust_region":
+            radius = _initial_radius(x0, scale if self.scaled else jnp.ones_like(x0))
+        else:
+            radius = jnp.asarray(jnp.inf, x0.dtype)
         return LevenbergMarquardtState(
             x=x0,
             residual=residual,
@@ -148,7 +152,7 @@ class LevenbergMarquardt(AbstractSolver):
             scale=scale,
             damping=damping,
             damping_growth=jnp.asarray(2, x0.dtype),
-            radius=_initial_radius(x0, scale if self.scaled else jnp.ones_like(x0)),
+            radius=radius,
             step_norm=jnp.asarray(jnp.inf, x0.dtype),
             accepted=jnp.array(True),
             status=initial_status(projected_grad, self.gtol, x0.dtype),
@@ -245,25 +249,33 @@ class LevenbergMarquardt(AbstractSolver):
         mu = jnp.where(accepted, mu_accepted, mu_rejected)
         nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
 
-        # A rejected step keeps the Jacobian of the current point; only an accepted one pays for a new one.
-        x = jnp.where(accepted, x_trial, state.x)
-        cost = jnp.where(accepted, cost_trial, state.cost)
-        residual = None if residual_trial is None else jnp.where(accepted, residual_trial, state.residual)
+        # A rejected step keeps the current point and its Jacobian; only an accepted one pays for a new
+        # one. (One `cond` for the whole choice: a `where` per field would compile to a kernel each.)
         if problem.chunks is None:
-            jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
+            x, cost, residual, jac = lax.cond(
+                accepted,
+                lambda: (x_trial, cost_trial, residual_trial, problem.jacobian(x_trial)),
+                lambda: (state.x, state.cost, state.residual, state.jac),
+            )
+            # Recomputed even after a rejection: selecting JᵀJ inside the `cond` makes XLA lay out the
+            # vmapped products badly (float64 batches ran 2× slower).
             jtj, grad = problem.jtj_and_gradient(jac, residual)
-            jtj = jnp.where(accepted, jtj, state.jtj)
-            grad = jnp.where(accepted, grad, state.grad)
         else:  # JᵀJ and Jᵀr accumulated chunk by chunk, without J
-            jac = None
-            keep = (state.jtj, state.grad)
-            jtj, grad = lax.cond(accepted, problem.chunks.normal_equations, lambda _: keep, x)
+            x, cost, jtj, grad = lax.cond(
+                accepted,
+                lambda: (x_trial, cost_trial, *problem.chunks.normal_equations(x_trial)),
+                lambda: (state.x, state.cost, state.jtj, state.grad),
+            )
+            residual = jac = None
         scale = jnp.maximum(state.scale, jnp.diagonal(jtj)) if self.scaled else state.scale
 
         # With Marquardt scaling the norms are taken in the scaled variables D·x, as MINPACK does, so
         # that a parameter of large magnitude cannot hide the steps of the others.
         weight = jnp.sqrt(scale) if self.scaled else 1
         step_norm = jnp.linalg.norm(weight * step)
+        diverged = ~jnp.isfinite(mu)
+        if self.damping_rule == "trust_region":
+            diverged = diverged | ~jnp.isfinite(radius)
         status = levenberg_marquardt_status(
             self,
             grad=jnp.where(problem.free_variables(x, grad), grad, 0),
@@ -273,7 +285,7 @@ class LevenbergMarquardt(AbstractSolver):
             actual_reduction=actual_reduction,
             predicted_reduction=predicted_reduction,
             gain_ratio=gain_ratio,
-            diverged=~jnp.isfinite(mu) | ~jnp.isfinite(radius),
+            diverged=diverged,
             # A step refused for its curvature says nothing about convergence, only one refused for its cost.
             xtol_applies=acceleration_ok,
         )

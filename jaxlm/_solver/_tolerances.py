@@ -45,15 +45,10 @@ def convergence_status(
     xtol = resolve_tolerance("xtol", xtol, dtype)
     gtol = resolve_tolerance("gtol", gtol, dtype)
     scale = jnp.abs(cost)
-    return jnp.select(
-        [
-            jnp.max(jnp.abs(grad)) <= gtol,
-            step_norm <= xtol * (x_norm + xtol),
-            (jnp.abs(actual_reduction) <= ftol * scale) & (jnp.abs(predicted_reduction) <= ftol * scale),
-        ],
-        [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL],
-        Status.RUNNING,
-    ).astype(jnp.int32)
+    ftol_met = (jnp.abs(actual_reduction) <= ftol * scale) & (jnp.abs(predicted_reduction) <= ftol * scale)
+    status = jnp.where(ftol_met, Status.CONVERGED_FTOL, Status.RUNNING)
+    status = jnp.where(step_norm <= xtol * (x_norm + xtol), Status.CONVERGED_XTOL, status)
+    return jnp.where(jnp.max(jnp.abs(grad)) <= gtol, Status.CONVERGED_GTOL, status).astype(jnp.int32)
 
 
 def levenberg_marquardt_status(
@@ -92,11 +87,11 @@ def levenberg_marquardt_status(
         & (gain_ratio <= 2)
         & ftol_applies
     )
-    return jnp.select(
-        [gtol_met, xtol_met, ftol_met, diverged],
-        [Status.CONVERGED_GTOL, Status.CONVERGED_XTOL, Status.CONVERGED_FTOL, Status.NO_DESCENT],
-        Status.RUNNING,
-    ).astype(jnp.int32)
+    # The first test met names the status (nested `where`s: `jnp.select` compiles to more kernels).
+    status = jnp.where(diverged, Status.NO_DESCENT, Status.RUNNING)
+    status = jnp.where(ftol_met, Status.CONVERGED_FTOL, status)
+    status = jnp.where(xtol_met, Status.CONVERGED_XTOL, status)
+    return jnp.where(gtol_met, Status.CONVERGED_GTOL, status).astype(jnp.int32)
 
 
 def initial_status(grad, gtol, dtype):

@@ -139,7 +139,7 @@ class LevenbergMarquardt(AbstractSolver):
             scale = jnp.ones_like(x0)
             damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
         if self.damping_rule == "trust_region":
-            radius = _initial_radius(x0, scale if self.scaled else jnp.ones_like(x0))
+            radius = _initial_radius(x0, scale)  # scale is 1 when unscaled
         else:
             radius = jnp.asarray(jnp.inf, x0.dtype)
         return LevenbergMarquardtState(

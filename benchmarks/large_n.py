@@ -19,6 +19,7 @@ and above `--dense-max-n` parameters it runs one step only (`max_steps=1`: two J
 
     python benchmarks/large_n.py             # n = 1024, 4096, 10000, 99856: about 4 minutes
     python benchmarks/large_n.py --sides 10 32 --blur-centre 0.2 --difference-weight 0.01  # harder
+    python benchmarks/large_n.py --gradient  # the implicit derivative of MatrixFreeLM: CG against eigh
 """
 
 import argparse
@@ -40,6 +41,12 @@ from jaxlm._loop import Problem, run  # noqa: E402
 from jaxlm._solver import MatrixFreeLM  # noqa: E402
 
 SOLVERS = {"LevenbergMarquardt()": jaxlm.LevenbergMarquardt(), "MatrixFreeLM()": MatrixFreeLM()}
+# The implicit derivative of a MatrixFreeLM solve (`--gradient`): H by CG on Hessian–vector
+# products (the default for MatrixFreeLM) against H formed and eigendecomposed.
+ADJOINTS = {
+    'ImplicitAdjoint(linear_solver="cg")': jaxlm.ImplicitAdjoint(linear_solver="cg"),
+    'ImplicitAdjoint(linear_solver="eigh")': jaxlm.ImplicitAdjoint(linear_solver="eigh"),
+}
 
 
 def residual(x, b, centre, difference_weight):
@@ -96,9 +103,51 @@ def measure(solver_name, side, max_steps, centre, difference_weight, repeats=3):
     return result
 
 
-def in_subprocess(solver_name, side, max_steps, centre, difference_weight):
+def measure_gradient(adjoint_name, side, centre, difference_weight, repeats=3):
+    """d(½‖x*‖²)/db through a MatrixFreeLM solve, in this process: compile time, the time of the
+    solve alone and of the solve with its gradient, the gradient's norm, XLA's temporaries and the
+    peak RSS."""
+    x0, (b, *rest) = problem(side, centre, difference_weight)
+
+    def fitted(b):
+        solution = jaxlm.least_squares(
+            residual, x0, (b, *rest), solver=MatrixFreeLM(), adjoint=ADJOINTS[adjoint_name]
+        )
+        return 0.5 * jnp.sum(solution.params**2)
+
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(fitted)).lower(b).compile()
+    result = {"compile_s": time.perf_counter() - start}
+    result["xla_temp_bytes"] = compiled.memory_analysis().temp_size_in_bytes
+    physical_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if result["xla_temp_bytes"] > 0.8 * physical_memory:
+        return result | {"skipped": "out of memory"}
+    solve_only = jax.jit(fitted).lower(b).compile()
+    timings = {}
+    for name, function in (("solve_s", solve_only), ("solve_and_gradient_s", compiled)):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            output = jax.block_until_ready(function(b))
+            best = min(best, time.perf_counter() - start)
+            if best > 10:
+                break
+        timings[name] = best
+    gradient = output[1]
+    return (
+        result
+        | timings
+        | {
+            "gradient_norm": float(jnp.linalg.norm(gradient)),
+            "finite": bool(jnp.all(jnp.isfinite(gradient))),
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+    )
+
+
+def in_subprocess(solver_name, side, max_steps, centre, difference_weight, gradient=False):
     case = [solver_name, str(side), str(max_steps), str(centre), str(difference_weight)]
-    command = [sys.executable, __file__, "--case", *case]
+    command = [sys.executable, __file__, "--gradient-case" if gradient else "--case", *case]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -132,8 +181,22 @@ def main():
     parser.add_argument("--dense-max-n", type=int, default=5000, help="larger dense solves run one step")
     parser.add_argument("--blur-centre", type=float, default=0.6, help="the stencil's centre weight")
     parser.add_argument("--difference-weight", type=float, default=1.0, help="of the difference rows")
+    parser.add_argument(
+        "--gradient",
+        action="store_true",
+        help="time the implicit derivative of MatrixFreeLM: CG against eigh",
+    )
+    parser.add_argument("--eigh-max-n", type=int, default=5000, help="larger eigh derivatives are not run")
     parser.add_argument("--case", nargs=5, help=argparse.SUPPRESS)  # one case, in a subprocess
+    parser.add_argument("--gradient-case", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gradient_case:
+        adjoint_name, side, _, centre, difference_weight = args.gradient_case
+        print(json.dumps(measure_gradient(adjoint_name, int(side), float(centre), float(difference_weight))))
+        return
+    if args.gradient:
+        gradient_table(args)
+        return
     if args.case:
         solver_name, side, max_steps, centre, difference_weight = args.case
         result = measure(solver_name, int(side), int(max_steps), float(centre), float(difference_weight))
@@ -151,6 +214,38 @@ def main():
             max_steps = 1 if dense and n > args.dense_max_n else 1000
             result = in_subprocess(solver_name, side, max_steps, args.blur_centre, args.difference_weight)
             print(row(n, solver_name, max_steps, result), flush=True)
+
+
+def gradient_table(args):
+    print(
+        "| n | derivative | compile s | solve s | solve + gradient s | gradient / solve | ‖gradient‖ "
+        "| XLA temp | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for side in args.sides:
+        n = side * side
+        for adjoint_name in ADJOINTS:
+            if "eigh" in adjoint_name and n > args.eigh_max_n:
+                cells = [f"{n:,}", adjoint_name, "–", f"not run: H alone is {memory(n * n * 8)}"]
+                print("| " + " | ".join(cells + ["–"] * 5) + " |", flush=True)
+                continue
+            result = in_subprocess(
+                adjoint_name, side, 0, args.blur_centre, args.difference_weight, gradient=True
+            )
+            cells = [f"{n:,}", adjoint_name, f"{result['compile_s']:.1f}"]
+            if "skipped" in result:
+                cells += [result["skipped"], "–", "–", "–", memory(result["xla_temp_bytes"]), "–"]
+            else:
+                ratio = result["solve_and_gradient_s"] / result["solve_s"]
+                norm = f"{result['gradient_norm']:.6g}" if result["finite"] else "NaN"
+                cells += [
+                    f"{result['solve_s']:.3g}",
+                    f"{result['solve_and_gradient_s']:.3g}",
+                    f"{ratio:.2g}×",
+                    norm,
+                ]
+                cells += [memory(result["xla_temp_bytes"]), memory(result["peak_rss_bytes"])]
+            print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """`least_squares`: set up the flat problem, run the driver under `jit`, build the `Solution`."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
 from ._loss import Loss, check_loss, with_loss
 from ._solution import Solution, make_solution
-from ._solver import LevenbergMarquardt
+from ._solver import LevenbergMarquardt, MatrixFreeLM
 
 
 def least_squares(
@@ -55,7 +56,8 @@ def least_squares(
             fit in a batch does not stop the others.
         adjoint: how derivatives of the solution with respect to `args` (and to arrays that
             `fun` closes over) are computed: `None` means `jaxlm.ImplicitAdjoint()`, the
-            implicit function theorem at the solution with the exact Hessian;
+            implicit function theorem at the solution with the exact Hessian (formed and
+            eigendecomposed, or, for `MatrixFreeLM`, never formed: CG on its products);
             `jaxlm.UnrolledAdjoint()` differentiates through the iterations instead.
         trace: record the start and the first `trace` steps (cost, gradient norm, damping,
             radius, step kind, acceptance, parameters) in `Solution.trace`, a `jaxlm.Trace` of
@@ -263,6 +265,10 @@ def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):
         raise TypeError(
             f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
         )
+    if isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver == "auto":
+        # A matrix-free solver is used where H cannot be formed: its derivative must not form it either.
+        matrix_free = isinstance(solver, MatrixFreeLM)
+        adjoint = dataclasses.replace(adjoint, linear_solver="cg" if matrix_free else "eigh")
     return solver, adjoint
 
 

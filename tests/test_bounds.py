@@ -77,6 +77,9 @@ def test_derivative_at_an_active_bound_implicit_and_unrolled():
     unrolled = jax.jacobian(fitted)(Y, jaxlm.UnrolledAdjoint())
     np.testing.assert_array_equal(implicit[2], 0.0)  # pinned: no derivative
     np.testing.assert_allclose(implicit, unrolled, atol=1e-6)
+    matrix_free = jax.jacobian(fitted)(Y, jaxlm.ImplicitAdjoint(linear_solver="cg"))
+    np.testing.assert_array_equal(matrix_free[2], 0.0)
+    np.testing.assert_allclose(matrix_free, implicit, rtol=1e-6, atol=1e-9)
     # The free parameters move as in the fit with the pinned one held at its bound.
     held = jax.jacobian(
         lambda y: (

@@ -81,6 +81,79 @@ def test_forward_mode_equals_reverse_mode(implicit_jacobian):
     np.testing.assert_allclose(forward, implicit_jacobian, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("hessian", ["exact", "gauss_newton"])
+def test_conjugate_gradients_give_the_derivative_of_the_eigendecomposition(hessian, implicit_jacobian):
+    """H is never formed with linear_solver="cg": CG on Hessian–vector products, in reverse and
+    forward mode, agrees with the eigendecomposition to CG's tolerance (√ε)."""
+
+    def params(y, linear_solver):
+        return _params(y, adjoint=jaxlm.ImplicitAdjoint(hessian=hessian, linear_solver=linear_solver))
+
+    reference = implicit_jacobian if hessian == "exact" else jax.jacrev(params)(Y_LARGE_RESIDUAL, "eigh")
+    reverse = jax.jit(jax.jacrev(params), static_argnums=1)(Y_LARGE_RESIDUAL, "cg")
+    forward = jax.jit(jax.jacfwd(params), static_argnums=1)(Y_LARGE_RESIDUAL, "cg")
+    np.testing.assert_allclose(reverse, reference, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(forward, reference, rtol=1e-6, atol=1e-9)
+
+
+def _jumping_fit(theta, adjoint):
+    """r = (x0 + x1 − 1, θ(x0 − x1) + ½): at θ = 0 every point of x0 + x1 = 1 is a minimum (H is
+    singular), and the change of θ pulls along that line, where H has no curvature: the
+    derivative of the minimiser does not exist."""
+
+    def residual(x, theta):
+        return jnp.stack([x[0] + x[1] - 1, theta * (x[0] - x[1]) + 0.5])
+
+    return jaxlm.least_squares(residual, jnp.array([0.2, 0.3]), (theta,), adjoint=adjoint)
+
+
+def test_conjugate_gradients_fail_loudly_where_the_derivative_does_not_exist():
+    theta, direction = jnp.asarray(0.0), jnp.asarray(1.0)
+    regularised, tangent = jax.jvp(lambda th: _jumping_fit(th, None), (theta,), (direction,))
+    assert int(regularised.status) == jaxlm.Status.DERIVATIVE_REGULARISED
+    assert np.all(np.isfinite(tangent.params))  # the pseudo-inverse drops the direction
+    adjoint = jaxlm.ImplicitAdjoint(linear_solver="cg")
+    _, tangent = jax.jvp(lambda th: _jumping_fit(th, adjoint), (theta,), (direction,))
+    assert np.all(np.isnan(tangent.params))
+    assert np.isnan(jax.grad(lambda th: _jumping_fit(th, adjoint).params[0])(theta))
+
+
+def test_conjugate_gradients_on_a_singular_hessian():
+    """a and b enter only as a + b, so H is singular. Forward mode: a change of the data moves the
+    solution within the range of H, where CG from 0 stays, so it finds the pseudo-inverse's tangent
+    as the eigendecomposition does. Reverse mode solves with the cotangent dx, which has a
+    component in the null space of H: CG cannot drop it, and the gradient is NaN, not a wrong
+    number."""
+    t = jnp.linspace(0.0, 1.0, 10)
+
+    def redundant(params, y):
+        return (params[0] + params[1]) * t - y
+
+    def fitted(y, linear_solver):
+        adjoint = jaxlm.ImplicitAdjoint(linear_solver=linear_solver)
+        return jaxlm.least_squares(redundant, jnp.array([1.0, 0.5]), (y,), adjoint=adjoint).params
+
+    y = 3.0 * t + 0.1 * jnp.cos(5 * t)
+    pseudo_inverse = jax.jacfwd(fitted)(y, "eigh")
+    np.testing.assert_allclose(jax.jacfwd(fitted)(y, "cg"), pseudo_inverse, rtol=1e-6, atol=1e-12)
+    assert np.all(np.isnan(jax.jacrev(fitted)(y, "cg")))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"linear_solver": "lu"}, "linear_solver must be 'auto', 'eigh' or 'cg'"),
+        ({"cg_tolerance": 0.0}, "cg_tolerance must be None or in"),
+        ({"cg_tolerance": 2.0}, "cg_tolerance must be None or in"),
+        ({"max_cg_iterations": 0}, "max_cg_iterations must be None or an int >= 1"),
+        ({"max_cg_iterations": 10.0}, "max_cg_iterations must be None or an int >= 1"),
+    ],
+)
+def test_bad_implicit_adjoint_options_are_clear_errors(options, match):
+    with pytest.raises(ValueError, match=match):
+        jaxlm.ImplicitAdjoint(**options)
+
+
 # Linearly converging methods stop (by ftol) before the derivative of their iteration has
 # converged as far, so their unrolled derivative is compared more loosely.
 UNROLLED_RTOL = {"gauss_newton": 1e-4, "gauss_newton_backtracking": 1e-4, "hybrid": 1e-4}
@@ -210,12 +283,14 @@ def test_singular_hessian_is_regularised_and_reported():
     assert int(solve(y).status) != jaxlm.Status.DERIVATIVE_REGULARISED  # only when differentiated
 
 
-def test_float32_gradient():
+@pytest.mark.parametrize("linear_solver", ["eigh", "cg"])
+def test_float32_gradient(linear_solver):
     y32 = Y_LARGE_RESIDUAL.astype(jnp.float32)
+    adjoint = jaxlm.ImplicitAdjoint(linear_solver=linear_solver)
 
     def params32(y):
         return jaxlm.least_squares(
-            exponential_growth, X0.astype(jnp.float32), (T.astype(jnp.float32), y)
+            exponential_growth, X0.astype(jnp.float32), (T.astype(jnp.float32), y), adjoint=adjoint
         ).params
 
     jacobian32 = jax.jacrev(params32)(y32)

@@ -120,6 +120,20 @@ def test_no_jacobian_sized_array_is_formed():
     assert (M, N) in _intermediate_shapes(jax.make_jaxpr(solve_dense)(X0, B).jaxpr)
 
 
+def test_the_implicit_gradient_forms_no_matrix_either():
+    """With MatrixFreeLM the implicit derivative defaults to CG on Hessian–vector products."""
+    matrix_shapes = {(M, N), (N, M), (N, N)}
+    assert _intermediate_shapes(jax.make_jaxpr(jax.grad(_loss))(B).jaxpr).isdisjoint(matrix_shapes)
+    eigh = jaxlm.ImplicitAdjoint(linear_solver="eigh")
+
+    def dense_adjoint_loss(b):
+        return jnp.sum(
+            jaxlm.least_squares(blurred_tanh, X0, (b,), solver=MatrixFreeLM(), adjoint=eigh).params ** 2
+        )
+
+    assert (N, N) in _intermediate_shapes(jax.make_jaxpr(jax.grad(dense_adjoint_loss))(B).jaxpr)
+
+
 def test_residuals_are_evaluated_once_per_step():
     """The trial point's evaluation is also its linearisation: a rejected step re-evaluates
     nothing at the current point, and the CG products never re-run the residual function."""
@@ -164,6 +178,22 @@ def test_implicit_gradient_matches_dense_and_finite_differences():
     loss = jax.jit(_loss)
     finite_difference = (loss(B + step * direction) - loss(B - step * direction)) / (2 * step)
     np.testing.assert_allclose(jnp.dot(grad, direction), finite_difference, rtol=1e-5)
+
+
+def _distance_to_one(b):
+    return jnp.sum((solve(X0, b).params - 1) ** 2)
+
+
+def test_vmapped_gradients_and_a_fit_with_nan_data():
+    """Per-fit CG solves under vmap: the good fits' gradients are those of single fits, the one
+    with NaN data gets a NaN gradient alone."""
+    bs = jnp.stack([B, 1.05 * B, B.at[7].set(jnp.nan)])
+    grads = jax.jit(jax.vmap(jax.grad(_distance_to_one)))(bs)
+    for i in range(2):
+        single = jax.jit(jax.grad(_distance_to_one))(bs[i])
+        np.testing.assert_allclose(grads[i], single, rtol=1e-6, atol=1e-9)
+    assert np.all(np.isfinite(grads[:2]))
+    assert np.all(np.isnan(grads[2]))
 
 
 @pytest.mark.parametrize(

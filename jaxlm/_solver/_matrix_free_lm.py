@@ -45,18 +45,20 @@ keeps the column norms), diag(JᵀJ) + μD² preconditions CG, and μ₀ = τ. W
 D = I, CG is not preconditioned, and μ₀ = τ·‖Jg‖²/‖g‖², the curvature of JᵀJ along g (dense LM
 uses max diag(JᵀJ), which is not available here).
 
-CG runs in Equinox's checkpointed while loop, which reverse mode can differentiate through, so
-`UnrolledAdjoint` works too. Bounds are not supported (`least_squares` accepts them for
-`LevenbergMarquardt` only).
+Derivatives through the solve (`ImplicitAdjoint()`, the default) do not form the Hessian either:
+for this solver the implicit derivative solves H ẋ = −∂θ∇ₓF·θ̇ by CG on Hessian–vector products
+(`ImplicitAdjoint(linear_solver="cg")`, see `_implicit.py`). CG runs in Equinox's checkpointed
+while loop, which reverse mode can differentiate through, so `UnrolledAdjoint` works too.
+Bounds are not supported (`least_squares` accepts them for `LevenbergMarquardt` only).
 """
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from .._conjugate_gradients import conjugate_gradients
 from .._loop import AbstractSolver, Problem
 from .._trace import StepInfo, StepKind
 from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
@@ -208,7 +210,7 @@ class MatrixFreeLM(AbstractSolver):
             apply_preconditioner = lambda v: v
         grad_norm = jnp.linalg.norm(state.grad)
         forcing = jnp.minimum(self.cg_tolerance, jnp.sqrt(grad_norm / state.start_grad_norm))
-        step, cg_iterations, cg_converged = _conjugate_gradients(
+        step, cg_iterations, cg_converged = conjugate_gradients(
             damped_normal_matrix_times, -state.grad, apply_preconditioner, forcing, self.max_cg_iterations
         )
 
@@ -301,35 +303,3 @@ def _jacobian_products(problem: Problem, x: Float[Array, " n"], linearization: l
     jvp = jax.tree.unflatten(jax.tree.structure(abstract), linearization)
     transpose = jax.linear_transpose(jvp, x)
     return jvp, lambda u: transpose(u)[0]
-
-
-def _conjugate_gradients(matrix_times, rhs, apply_preconditioner, tolerance, max_iterations):
-    """h ≈ A⁻¹·rhs for a symmetric positive definite A, by preconditioned conjugate gradients
-    from h = 0 (Nocedal & Wright, Algorithm 5.3), until ‖rhs − A h‖ ≤ tolerance·‖rhs‖ or after
-    `max_iterations`. Returns h, the number of iterations and whether the tolerance was met."""
-    target = (tolerance * jnp.linalg.norm(rhs)) ** 2
-
-    def keep_going(carry):
-        _, residual, _, _, iterations, curvature_ok = carry
-        return (jnp.sum(residual**2) > target) & (iterations < max_iterations) & curvature_ok
-
-    def iteration(carry):
-        h, residual, direction, residual_dot_z, iterations, _ = carry
-        a_direction = matrix_times(direction)
-        curvature = jnp.dot(direction, a_direction)
-        # > 0 in exact arithmetic (A is positive definite); rounding can break that once μ underflows.
-        curvature_ok = curvature > 0
-        alpha = jnp.where(curvature_ok, residual_dot_z / jnp.where(curvature_ok, curvature, 1), 0)
-        h = h + alpha * direction
-        residual = residual - alpha * a_direction
-        z = apply_preconditioner(residual)
-        new_residual_dot_z = jnp.dot(residual, z)
-        direction = z + (new_residual_dot_z / residual_dot_z) * direction
-        return h, residual, direction, new_residual_dot_z, iterations + 1, curvature_ok
-
-    z = apply_preconditioner(rhs)
-    init = (jnp.zeros_like(rhs), rhs, z, jnp.dot(rhs, z), jnp.array(0, jnp.int32), jnp.array(True))
-    h, residual, _, _, iterations, _ = eqxi.while_loop(
-        keep_going, iteration, init, max_steps=max_iterations, kind="checkpointed"
-    )
-    return h, iterations, jnp.sum(residual**2) <= target

@@ -101,7 +101,7 @@ def least_squares_batch(
     This is a host-level driver (it synchronises between rounds): call it from Python, not
     inside `jit`, and use `jax.vmap(jaxlm.least_squares)` to differentiate through fits.
     """
-    solver, _ = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, None, 0)
+    solver, _ = check_options(fun, args, solver, LevenbergMarquardt, max_steps, None, 0)
     axes = _argument_axes(in_axes, args)
     num_fits = _num_fits(x0, args, axes)
     starts = jax.tree.map(_float_array, x0)

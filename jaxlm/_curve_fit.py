@@ -177,7 +177,7 @@ def curve_fit(
     if weights is not None or mask is not None or nan_policy == "omit":
         weights = jnp.where(keep, 1 if weights is None else weights, 0).astype(dtype)
 
-    solver, adjoint = check_options(f, (), solver, LevenbergMarquardt(), max_steps, None, 0)
+    solver, adjoint = check_options(f, (), solver, LevenbergMarquardt, max_steps, None, 0)
     box = _box(bounds, fixed, p0, num_params, dtype)
     if box is not None and not isinstance(solver, LevenbergMarquardt):
         raise ValueError(

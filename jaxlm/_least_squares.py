@@ -1,6 +1,7 @@
 """`least_squares`: set up the flat problem, run the driver under `jit`, build the `Solution`."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -97,13 +98,13 @@ def least_squares(
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
         `jax.vmap`ped over data and starting points, and every fit gets its own status.
     """
-    solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt(), max_steps, adjoint, trace)
+    solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt, max_steps, adjoint, trace)
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
     x0 = as_float_params(x0)
     bounds = flat_bounds(bounds, x0)
     check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
-    f_scale = jnp.asarray(f_scale, ravel_pytree(x0)[0].dtype)
+    f_scale = as_scalar(f_scale, jnp.result_type(*jax.tree.leaves(x0)))
     check_chunk_size(residual_chunk_size, solver)
     return _least_squares(
         fun,
@@ -240,12 +241,20 @@ def check_box(lower, upper, start, name: str) -> bool:
     return bool(np.all(lower == -np.inf) and np.all(upper == np.inf))
 
 
-def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):
+@functools.cache
+def default_instance(module_type, **fields):
+    """One instance per default solver or adjoint, shared by every call: Equinox modules are
+    immutable, and an eager call that built its defaults anew (running their checks) spent tens
+    of µs on it."""
+    return module_type(**fields)
+
+
+def check_options(fun, args, solver, default_solver_type, max_steps, adjoint, trace):
     """The checks `least_squares` and `minimize` share; returns the solver and adjoint to use."""
-    solver = default_solver if solver is None else solver
+    solver = default_instance(default_solver_type) if solver is None else solver
     if not isinstance(solver, AbstractSolver):
         raise TypeError(
-            f"solver must be a jaxlm solver such as jaxlm.{type(default_solver).__name__}(), got {solver!r}."
+            f"solver must be a jaxlm solver such as jaxlm.{default_solver_type.__name__}(), got {solver!r}."
         )
     if not callable(fun):
         raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
@@ -260,16 +269,27 @@ def check_options(fun, args, solver, default_solver, max_steps, adjoint, trace):
             f"args must be a tuple of extra arguments for fun, got {type(args).__name__}; "
             "for a single argument write args=(value,)."
         )
-    adjoint = ImplicitAdjoint() if adjoint is None else adjoint
-    if not isinstance(adjoint, AbstractAdjoint):
+    if adjoint is not None and not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
             f"adjoint must be jaxlm.ImplicitAdjoint() or jaxlm.UnrolledAdjoint(), got {adjoint!r}."
         )
-    if isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver == "auto":
+    if adjoint is None or (isinstance(adjoint, ImplicitAdjoint) and adjoint.linear_solver == "auto"):
         # A matrix-free solver is used where H cannot be formed: its derivative must not form it either.
-        matrix_free = isinstance(solver, MatrixFreeLM)
-        adjoint = dataclasses.replace(adjoint, linear_solver="cg" if matrix_free else "eigh")
+        linear_solver = "cg" if isinstance(solver, MatrixFreeLM) else "eigh"
+        if adjoint is None:
+            adjoint = default_instance(ImplicitAdjoint, linear_solver=linear_solver)
+        else:
+            adjoint = dataclasses.replace(adjoint, linear_solver=linear_solver)
     return solver, adjoint
+
+
+def as_scalar(value, dtype):
+    """A scalar option (f_scale) as an array of the parameters' dtype, so that `jit` traces it
+    rather than compiling anew for every value; a NumPy array unless it is already a JAX one
+    (a tracer, when differentiated), which is cheaper for an eager call."""
+    if isinstance(value, jax.Array):
+        return jnp.asarray(value, dtype)
+    return np.asarray(value, dtype)
 
 
 def as_float_params(x0):
@@ -278,7 +298,7 @@ def as_float_params(x0):
         raise ValueError("x0 has no parameters: pass an array or a pytree of arrays.")
 
     def to_float(leaf):
-        leaf = jnp.asarray(leaf)
+        leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
         if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
             raise TypeError(
                 "x0 is complex; jaxlm solves real least-squares problems: "

@@ -38,7 +38,7 @@ def minimize(
     empty array. Everything else is as in `least_squares`: one jitted `lax.while_loop`, `vmap`,
     per-fit status, `throw`, `trace`, `verbose`, and gradients with respect to `args` through `adjoint`.
     """
-    solver, adjoint = check_options(fun, args, solver, DampedNewton(), max_steps, adjoint, trace)
+    solver, adjoint = check_options(fun, args, solver, DampedNewton, max_steps, adjoint, trace)
     return _minimize(
         fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint, int(trace), bool(verbose)
     )

@@ -3,10 +3,11 @@
 1. NIST StRD: for each of the 27 problems, fit from start 2 and compare √diag(pcov) with the
    certified standard deviations (matching digits, the worst parameter), for jaxlm and scipy.
 2. A batch of `--num-datasets` exponential decays y = a·e^(−bx) + c (40 points, σ = 0.05,
-   random a, b, c), float64: one batched `curve_fit` call against a loop of scipy calls (timed
+   random a, b, c), float64: one batched `curve_fit` call (best of three) against a loop of scipy calls (timed
    on the first `--scipy-datasets`), and the largest difference to scipy in units of the
    standard error; and the largest relative difference between the batched fit and single
-   jaxlm fits of the first 200 datasets.
+   jaxlm fits of the first 200 datasets, with the rate of those single fits called one by one
+   from Python (after the first call compiled).
 
     python benchmarks/curve_fit.py
 """
@@ -79,9 +80,11 @@ def batch_table(num_datasets, scipy_datasets, loop_datasets=200):
 
     fit = jax.jit(lambda ys: jaxlm.curve_fit(decay, x, ys, p0=p0, full_output=True))
     jax.block_until_ready(fit(ys))  # compile
-    start = time.perf_counter()
-    popt, pcov, info, _, _ = jax.block_until_ready(fit(ys))
-    ours = time.perf_counter() - start
+    ours = float("inf")
+    for _ in range(3):  # the best of three calls
+        start = time.perf_counter()
+        popt, pcov, info, _, _ = jax.block_until_ready(fit(ys))
+        ours = min(ours, time.perf_counter() - start)
 
     start = time.perf_counter()
     reference = [
@@ -93,16 +96,19 @@ def batch_table(num_datasets, scipy_datasets, loop_datasets=200):
     standard_errors = np.sqrt(np.diagonal(np.asarray(pcov[:scipy_datasets]), axis1=1, axis2=2))
     difference = np.max(np.abs(np.asarray(popt[:scipy_datasets]) - scipy_popt) / standard_errors)
     converged = float(np.mean(np.asarray(info["success"])))
+    jax.block_until_ready(jaxlm.curve_fit(decay, x, ys[0], p0=p0))  # compile the single fit
+    start = time.perf_counter()
     singles = np.stack([jaxlm.curve_fit(decay, x, ys[i], p0=p0)[0] for i in range(loop_datasets)])
+    ours_loop = (time.perf_counter() - start) / loop_datasets
     batch_against_loop = np.max(np.abs(np.asarray(popt[:loop_datasets]) - singles) / np.abs(singles))
     print(
-        "| datasets | jaxlm batched fits/s | scipy loop fits/s | speed-up "
+        "| datasets | jaxlm batched fits/s | scipy loop fits/s | speed-up | jaxlm loop fits/s "
         "| max |Δ| to scipy (σ) | batch vs single fits (relative) | converged |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {num_datasets} | {num_datasets / ours:,.0f} | {1 / theirs:,.0f} "
-        f"| {theirs * num_datasets / ours:.0f}× "
+        f"| {theirs * num_datasets / ours:.0f}× | {1 / ours_loop:,.0f} "
         f"| {difference:.1e} | {batch_against_loop:.1e} | {converged:.2%} |"
     )
 

@@ -90,6 +90,38 @@ def test_p0_defaults_to_ones_from_the_signature_and_full_output():
     np.testing.assert_allclose(np.sum(np.asarray(info["fvec"]) ** 2), 2 * info["solution"].cost, rtol=1e-12)
 
 
+def test_a_repeated_call_does_not_trace_the_model_again():
+    """The model's output shape is cached with the compiled fit: a second call from Python with
+    data of the same shapes runs no Python code of the model; new shapes trace it again."""
+    calls = []
+
+    def counted(x, a, b):
+        calls.append(None)
+        return rational(x, a, b)
+
+    y = _data(rational, (2.0, 0.7))
+    first, _ = jaxlm.curve_fit(counted, X, y, p0=[1.0, 1.0])
+    traced = len(calls)
+    second, _ = jaxlm.curve_fit(counted, X, 1.1 * y, p0=[1.0, 1.0])
+    assert traced > 0 and len(calls) == traced
+    assert not np.allclose(first, second)
+    jaxlm.curve_fit(counted, X[:20], y[:20], p0=[1.0, 1.0])
+    assert len(calls) > traced
+
+
+class _UnhashableModel:
+    __hash__ = None  # a model object that cannot be a cache key still works
+
+    def __call__(self, x, a, b):
+        return rational(x, a, b)
+
+
+def test_an_unhashable_model_object():
+    y = _data(rational, (2.0, 0.7))
+    popt, _ = jaxlm.curve_fit(_UnhashableModel(), X, y, p0=[1.0, 1.0])
+    np.testing.assert_allclose(popt, jaxlm.curve_fit(rational, X, y, p0=[1.0, 1.0])[0], rtol=1e-10)
+
+
 def test_singular_jacobian_gives_inf_covariance_and_says_so():
     def redundant(x, a, b, c):
         return (a + b) * jnp.exp(-c * x)

@@ -101,11 +101,18 @@ class GaussNewton(AbstractSolver):
         else:
             accepted = finite
 
-        x = jnp.where(accepted, x_trial, state.x)
-        residual = jnp.where(accepted, residual_trial, state.residual)
-        cost = jnp.where(accepted, cost_trial, state.cost)
-        jac = lax.cond(accepted, problem.jacobian, lambda _: state.jac, x)
-        grad = jnp.where(accepted, problem.jtj_and_gradient(jac, residual)[1], state.grad)
+        # One `cond` chooses the next point, with a new Jacobian only when the step was accepted
+        # (a `where` per field would compile to a kernel each, as in LevenbergMarquardt).
+        x, residual, cost, jac, grad = lax.cond(
+            accepted,
+            lambda: (
+                x_trial,
+                residual_trial,
+                cost_trial,
+                *_jacobian_and_gradient(problem, x_trial, residual_trial),
+            ),
+            lambda: (state.x, state.residual, state.cost, state.jac, state.grad),
+        )
         predicted_reduction = -alpha * slope - 0.5 * jnp.sum((state.jac @ step) ** 2)
 
         status = convergence_status(
@@ -139,3 +146,8 @@ class GaussNewton(AbstractSolver):
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + accepted.astype(jnp.int32),
         )
+
+
+def _jacobian_and_gradient(problem, x, residual):
+    jac = problem.jacobian(x)
+    return jac, problem.jtj_and_gradient(jac, residual)[1]

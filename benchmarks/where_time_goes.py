@@ -150,7 +150,7 @@ def main():
             jac = stand_in_jacobian(p, d) + jnp.eye(d.size, p.size, dtype=p.dtype)
             jtj = jac.T @ jac
             return solve_damped_normal_equations(
-                jtj, jac.T @ jnp.ravel(d), 1e-3 * jnp.diagonal(jtj), jac, jnp.ravel(d)
+                jtj, jac.T @ jnp.ravel(d), jnp.asarray(1e-3, p.dtype), jnp.diagonal(jtj), jac, jnp.ravel(d)
             )
 
         jacobians = jax.jit(jax.vmap(jacobian))(start, data)  # the pieces below start from J

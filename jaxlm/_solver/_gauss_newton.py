@@ -88,7 +88,7 @@ class GaussNewton(AbstractSolver):
         alpha = state.step_length
         jtj, _ = problem.jtj_and_gradient(state.jac, state.residual)
         direction = solve_damped_normal_equations(
-            jtj, state.grad, jnp.zeros_like(state.x), state.jac, state.residual
+            jtj, state.grad, jnp.zeros((), dtype), jnp.ones_like(state.x), state.jac, state.residual
         )
         step = alpha * direction
         x_trial = state.x + step

@@ -116,7 +116,7 @@ class HybridLMQN(AbstractSolver):
         grad, cost, B = state.grad, state.cost, state.hessian_approximation
 
         jtj, _ = problem.jtj_and_gradient(state.jac, state.residual)
-        lm_step = solve_damped_normal_equations(jtj, grad, jnp.full_like(grad, mu), state.jac, state.residual)
+        lm_step = solve_damped_normal_equations(jtj, grad, mu, jnp.ones_like(grad), state.jac, state.residual)
         qn_step = -jnp.linalg.solve(B, grad)
         qn_step = qn_step * jnp.minimum(1, radius / jnp.linalg.norm(qn_step))
         step = jnp.where(qn, qn_step, lm_step)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from .._linear import solve_damped_normal_equations
+from .._linear import diagonal_of, solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._trace import StepInfo, StepKind
 from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
@@ -131,7 +131,7 @@ class LevenbergMarquardt(AbstractSolver):
         cost, residual = problem.evaluate(x0)
         jac, jtj, grad = problem.normal_equations(x0, residual)
         projected_grad = jnp.where(problem.free_variables(x0, grad), grad, 0)
-        diagonal = jnp.diagonal(jtj)
+        diagonal = diagonal_of(jtj)
         if self.scaled:
             scale = jnp.where(diagonal > 0, diagonal, 1)
             damping = jnp.asarray(self.initial_damping, x0.dtype)
@@ -193,7 +193,7 @@ class LevenbergMarquardt(AbstractSolver):
 
         damping_diagonal = mu * state.scale
         velocity = solve_damped_normal_equations(
-            state.jtj, state.grad, damping_diagonal, state.jac, state.residual
+            state.jtj, state.grad, mu, state.scale, state.jac, state.residual
         )
         if self.geodesic_acceleration is None:
             step, acceleration_ok = velocity, True
@@ -205,7 +205,7 @@ class LevenbergMarquardt(AbstractSolver):
             if problem.bounded:
                 curvature = jnp.where(free, curvature, 0)
             acceleration = solve_damped_normal_equations(
-                state.jtj, curvature, damping_diagonal, state.jac, second_derivative
+                state.jtj, curvature, mu, state.scale, state.jac, second_derivative
             )
             step = velocity + 0.5 * acceleration
             weight = jnp.sqrt(state.scale)
@@ -267,7 +267,7 @@ class LevenbergMarquardt(AbstractSolver):
                 lambda: (state.x, state.cost, state.jtj, state.grad),
             )
             residual = jac = None
-        scale = jnp.maximum(state.scale, jnp.diagonal(jtj)) if self.scaled else state.scale
+        scale = jnp.maximum(state.scale, diagonal_of(jtj)) if self.scaled else state.scale
 
         # With Marquardt scaling the norms are taken in the scaled variables D·x, as MINPACK does, so
         # that a parameter of large magnitude cannot hide the steps of the others.
@@ -330,8 +330,7 @@ def _trust_region_damping(state, mu_start):
     weight = jnp.sqrt(state.scale)
 
     def scaled_norm(mu):
-        damping = mu * state.scale
-        h = solve_damped_normal_equations(state.jtj, state.grad, damping, state.jac, state.residual)
+        h = solve_damped_normal_equations(state.jtj, state.grad, mu, state.scale, state.jac, state.residual)
         return jnp.linalg.norm(weight * h), h
 
     upper = jnp.linalg.norm(state.grad / weight) / state.radius

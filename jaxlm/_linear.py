@@ -88,25 +88,36 @@ def _cholesky_solve(jtj, grad, damping, damping_scale, jac, residual) -> tuple[A
     return scale * solution, failed, scale
 
 
-def _unrolled_ldlt_solve(matrix, diagonal, rhs):
-    """The solution of A x = b, A the matrix with its diagonal replaced by `diagonal`, by
-    A = L·diag(p)·Lᵀ (L unit lower triangular), written out entry by entry, and p, the squared
-    pivots of Cholesky's A = (L√p)(L√p)ᵀ. Without Cholesky's square roots XLA fuses the whole of
-    it into a few kernels (Golub & Van Loan, "Matrix Computations", 4th ed., §4.1.2)."""
+def _unrolled_ldlt_solve(matrix, unit_diagonal, rhs):
+    """The solution of A x = b, A the matrix with its diagonal replaced by `unit_diagonal` (each
+    entry 1, or 0 for a parameter that nothing depends on), by A = L·diag(p)·Lᵀ (L unit lower
+    triangular), written out entry by entry, and p, the squared pivots of Cholesky's
+    A = (L√p)(L√p)ᵀ. Without Cholesky's square roots XLA fuses the whole of it into a few kernels
+    (Golub & Van Loan, "Matrix Computations", 4th ed., §4.1.2)."""
     n = matrix.shape[0]
+
+    def divide_by_pivot(value, j):
+        # The first pivot is the first diagonal entry, 1 or 0: multiplying by it saves a division
+        # (a kernel), and for 0 the caller's test of the pivots rejects the solution anyway.
+        return value * unit_diagonal[0] if j == 0 else value / pivots[j]
+
     lower = [[None] * n for _ in range(n)]
     pivots = [None] * n
     for j in range(n):
         scaled = [lower[j][k] * pivots[k] for k in range(j)]  # row j of L·diag(p)
-        pivots[j] = diagonal[j] - sum((lower[j][k] * scaled[k] for k in range(j)), 0.0)
+        pivots[j] = unit_diagonal[j] - sum((lower[j][k] * scaled[k] for k in range(j)), 0.0)
         for i in range(j + 1, n):
-            lower[i][j] = (matrix[i, j] - sum((lower[i][k] * scaled[k] for k in range(j)), 0.0)) / pivots[j]
+            lower[i][j] = divide_by_pivot(
+                matrix[i, j] - sum((lower[i][k] * scaled[k] for k in range(j)), 0.0), j
+            )
     forward = []  # L y = b
     for i in range(n):
         forward.append(rhs[i] - sum((lower[i][k] * forward[k] for k in range(i)), 0.0))
     solution = [None] * n  # Lᵀ x = diag(p)⁻¹ y
     for i in reversed(range(n)):
-        solution[i] = forward[i] / pivots[i] - sum((lower[k][i] * solution[k] for k in range(i + 1, n)), 0.0)
+        solution[i] = divide_by_pivot(forward[i], i) - sum(
+            (lower[k][i] * solution[k] for k in range(i + 1, n)), 0.0
+        )
     return jnp.stack(solution), jnp.stack(pivots)
 
 

@@ -64,13 +64,13 @@ class GaussNewton(AbstractSolver):
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> GaussNewtonState:
         problem.require_residuals("GaussNewton")
-        residual = problem.residual(x0)
+        cost, residual = problem.evaluate(x0)
         jac = problem.jacobian(x0)
         _, grad = problem.jtj_and_gradient(jac, residual)
         return GaussNewtonState(
             x=x0,
             residual=residual,
-            cost=0.5 * jnp.sum(residual**2),
+            cost=cost,
             jac=jac,
             grad=grad,
             step_length=jnp.asarray(1, x0.dtype),
@@ -92,8 +92,7 @@ class GaussNewton(AbstractSolver):
         )
         step = alpha * direction
         x_trial = state.x + step
-        residual_trial = problem.residual(x_trial)
-        cost_trial = 0.5 * jnp.sum(residual_trial**2)
+        cost_trial, residual_trial = problem.evaluate(x_trial)
         slope = jnp.dot(state.grad, direction)
         finite = jnp.isfinite(cost_trial)
         if self.backtracking:

@@ -82,7 +82,7 @@ class HybridLMQN(AbstractSolver):
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> HybridState:
         problem.require_residuals("HybridLMQN")
-        residual = problem.residual(x0)
+        cost, residual = problem.evaluate(x0)
         jac = problem.jacobian(x0)
         jtj, grad = problem.jtj_and_gradient(jac, residual)
         dtype = x0.dtype
@@ -90,7 +90,7 @@ class HybridLMQN(AbstractSolver):
         return HybridState(
             x=x0,
             residual=residual,
-            cost=0.5 * jnp.sum(residual**2),
+            cost=cost,
             jac=jac,
             grad=grad,
             hessian_approximation=jnp.eye(x0.shape[0], dtype=dtype),
@@ -122,8 +122,7 @@ class HybridLMQN(AbstractSolver):
         step = jnp.where(qn, qn_step, lm_step)
 
         x_new = state.x + step
-        residual_new = problem.residual(x_new)
-        cost_new = 0.5 * jnp.sum(residual_new**2)
+        cost_new, residual_new = problem.evaluate(x_new)
         jac_new = problem.jacobian(x_new)
         _, grad_new = problem.jtj_and_gradient(jac_new, residual_new)
         finite = jnp.isfinite(cost_new) & jnp.all(jnp.isfinite(grad_new))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from .._linear import diagonal_of
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
@@ -76,7 +77,7 @@ class DampedNewton(AbstractSolver):
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> DampedNewtonState:
         cost, residual = problem.evaluate(x0)
         grad, hessian = problem.gradient_and_hessian(x0)
-        largest = jnp.maximum(jnp.max(jnp.abs(jnp.diagonal(hessian))), jnp.finfo(x0.dtype).tiny)
+        largest = jnp.maximum(jnp.max(jnp.abs(diagonal_of(hessian))), jnp.finfo(x0.dtype).tiny)
         return DampedNewtonState(
             x=x0,
             residual=residual,

@@ -32,7 +32,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._linear import solve_damped_normal_equations
+from .._linear import diagonal_of, solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
@@ -86,7 +86,7 @@ class HybridLMQN(AbstractSolver):
         jac = problem.jacobian(x0)
         jtj, grad = problem.jtj_and_gradient(jac, residual)
         dtype = x0.dtype
-        largest = jnp.maximum(jnp.max(jnp.diagonal(jtj)), jnp.finfo(dtype).tiny)
+        largest = jnp.maximum(jnp.max(diagonal_of(jtj)), jnp.finfo(dtype).tiny)
         return HybridState(
             x=x0,
             residual=residual,
@@ -166,7 +166,7 @@ class HybridLMQN(AbstractSolver):
 
         xtol = resolve_tolerance("xtol", self.xtol, dtype)
         xtol_threshold = xtol * (jnp.linalg.norm(state.x) + xtol)
-        column_norms = jnp.sqrt(jnp.diagonal(jtj))
+        column_norms = jnp.sqrt(diagonal_of(jtj))
         weight = jnp.where(column_norms > 0, column_norms, 1)
         better = jnp.where(qn, qn_better, lm_better)
         use_qn = jnp.where(qn, ~back_to_lm, switch_to_qn)

@@ -41,6 +41,7 @@ import optax
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from .._linear import diagonal_matrix
 from .._loop import AbstractSolver, Problem
 from .._solution import Status
 from .._trace import StepInfo, StepKind
@@ -211,7 +212,7 @@ class LBFGSLM(AbstractSolver):
     def _preconditioned_step(self, problem, state):
         dtype = state.x.dtype
         lm = state.lm_state  # at the point of the last Jacobian: its model is H₀⁻¹
-        factor = jnp.linalg.cholesky(lm.jtj + jnp.diag(lm.damping * lm.scale))
+        factor = jnp.linalg.cholesky(lm.jtj + diagonal_matrix(lm.damping * lm.scale))
         direction = -_two_loop(
             state.grad,
             state.s_pairs,

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from .._linear import diagonal_of, solve_damped_normal_equations
+from .._linear import diagonal_matrix, diagonal_of, solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
 from .._trace import StepInfo, StepKind
 from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
@@ -345,7 +345,7 @@ def _trust_region_damping(state, mu_start):
         lower = jnp.where(norm > state.radius, jnp.maximum(lower, mu), lower)
         upper = jnp.where(norm < state.radius, jnp.minimum(upper, mu), upper)
         scaled = state.scale * h
-        curvature = jnp.dot(scaled, jnp.linalg.solve(state.jtj + jnp.diag(mu * state.scale), scaled))
+        curvature = jnp.dot(scaled, jnp.linalg.solve(state.jtj + diagonal_matrix(mu * state.scale), scaled))
         updated = mu + (norm / state.radius - 1) * norm**2 / curvature
         inside = jnp.isfinite(updated) & (updated > lower) & (updated < upper)
         updated = jnp.where(inside, updated, jnp.maximum(1e-3 * upper, jnp.sqrt(lower * upper)))

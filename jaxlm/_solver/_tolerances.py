@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from .._linear import diagonal_of
 from .._solution import Status
 
 # float64 stops close to machine precision; float32 stops where rounding noise in the cost
@@ -102,5 +103,5 @@ def initial_status(grad, gtol, dtype):
 
 def hessian_scale(hessian):
     """√|diag H| (1 where it is 0): the scaling of the xtol test of the Newton-type solvers."""
-    diagonal = jnp.sqrt(jnp.abs(jnp.diagonal(hessian)))
+    diagonal = jnp.sqrt(jnp.abs(diagonal_of(hessian)))
     return jnp.where(diagonal > 0, diagonal, 1)

@@ -22,9 +22,15 @@ no Jacobian stored). Reported:
   them and in units of their statistical standard error σ_p = σ·√diag((JᵀJ)⁻¹).
 A case whose temporary memory would not fit into `--memory-limit-gib` is compiled but not run.
 
+With `--api curve_fit` the same fits go through `jaxlm.curve_fit(model, t, y, p0,
+residual_chunk_size=...)` instead, which also computes pcov (from J, or chunk by chunk from R of
+J = QR); the table then also gives the largest relative difference of the standard errors
+√diag(pcov) from those of the float64 plain fit.
+
     python benchmarks/large_m.py                      # m = 1e6 and 1e7, float64 and float32
     python benchmarks/large_m.py --sizes 1000000      # quicker
     python benchmarks/large_m.py --chunk-sizes 10000 100000 1000000
+    python benchmarks/large_m.py --api curve_fit
 """
 
 import argparse
@@ -47,6 +53,14 @@ def residual(params, t, y):
     amplitude, rate, peak, center, width, background = params
     model = amplitude * jnp.exp(-rate * t) + peak * jnp.exp(-((t - center) ** 2) / (2 * width**2))
     return model + background - y
+
+
+def model(t, amplitude, rate, peak, center, width, background):
+    """The model of `residual`, as `curve_fit` takes it."""
+    import jax.numpy as jnp
+
+    params = jnp.stack([amplitude, rate, peak, center, width, background])
+    return residual(params, t, 0.0)
 
 
 def make_data(m, dtype):
@@ -92,7 +106,7 @@ def memory_kib(field):
     raise KeyError(field)
 
 
-def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib):
+def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib, api):
     """One case in this process; prints a JSON line."""
     import jax
 
@@ -107,7 +121,13 @@ def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib):
     start = jnp.asarray(np.array(TRUTH) * np.array(START_FACTORS), dtype)
 
     def solve(p0, t, y):
-        return jaxlm.least_squares(residual, p0, (t, y), residual_chunk_size=residual_chunk_size)
+        if api == "least_squares":
+            solution = jaxlm.least_squares(residual, p0, (t, y), residual_chunk_size=residual_chunk_size)
+            return solution.params, None, solution.num_steps, solution.status
+        popt, pcov, info, _, status = jaxlm.curve_fit(
+            model, t, y, p0, full_output=True, residual_chunk_size=residual_chunk_size
+        )
+        return popt, pcov, info["num_steps"], status
 
     begin = time.perf_counter()
     compiled = jax.jit(solve).lower(start, t, y).compile()
@@ -115,7 +135,7 @@ def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib):
     temp_bytes = compiled.memory_analysis().temp_size_in_bytes
 
     def loss(y, t):  # a loss of the fitted parameters, differentiated with respect to the data
-        return jnp.sum(solve(start, t, y).params ** 2)
+        return jnp.sum(solve(start, t, y)[0] ** 2)
 
     gradient = jax.jit(jax.grad(loss)).lower(y, t).compile()
     grad_temp_bytes = gradient.memory_analysis().temp_size_in_bytes
@@ -131,15 +151,17 @@ def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib):
     times = []
     for _ in range(repeats):
         begin = time.perf_counter()
-        solution = jax.block_until_ready(compiled(start, t, y))
+        params, pcov, steps, status = jax.block_until_ready(compiled(start, t, y))
         times.append(time.perf_counter() - begin)
-        steps, status, params = int(solution.num_steps), int(solution.status), solution.params.tolist()
-        del solution  # so that the next solve's output is not allocated while this one is alive
+        errors = None if pcov is None else np.sqrt(np.diag(np.asarray(pcov, np.float64))).tolist()
+        steps, status, params = int(steps), int(status), params.tolist()
+        del pcov  # so that the next solve's output is not allocated while this one is alive
     result |= {
         "solve_s": min(times),
         "steps": steps,
         "status": jaxlm.Status(status).name,
         "params": params,
+        "standard_errors": errors,
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -149,6 +171,7 @@ def run_case(m, dtype_name, residual_chunk_size, repeats, memory_limit_gib):
 def run_in_subprocess(m, dtype_name, residual_chunk_size, args) -> dict:
     case = [str(m), dtype_name, "none" if residual_chunk_size is None else str(residual_chunk_size)]
     options = ["--repeats", str(args.repeats), "--memory-limit-gib", str(args.memory_limit_gib)]
+    options += ["--api", args.api]
     command = [sys.executable, __file__, "--case", *case, *options]
     process = subprocess.run(command, capture_output=True, text=True)
     if process.returncode != 0:
@@ -157,7 +180,7 @@ def run_in_subprocess(m, dtype_name, residual_chunk_size, args) -> dict:
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
-def table_row(m, dtype_name, path, result, reference, sigma) -> str:
+def table_row(m, dtype_name, path, result, reference, sigma, reference_errors) -> str:
     import numpy as np
 
     mib = 2**20
@@ -175,10 +198,17 @@ def table_row(m, dtype_name, path, result, reference, sigma) -> str:
         relative = f"{np.max(np.abs(params - reference) / np.abs(reference)):.1e}"
         in_sigma = f"{np.max(np.abs(params - reference) / sigma):.1e}"
     peak, before = result["peak_rss_bytes"] / mib, result["rss_before_bytes"] / mib
-    return (
+    row = (
         f"{start} {result['solve_s']:.3g} | {result['compile_s']:.1f} | {result['steps']} "
         f"| {temp:,.1f} | {peak:,.0f} | {peak - before:,.0f} | {grad_temp:,.1f} | {relative} | {in_sigma} |"
     )
+    if result["standard_errors"] is None:
+        return row
+    errors_relative = "–"
+    if reference_errors is not None:
+        errors = np.array(result["standard_errors"])
+        errors_relative = f"{np.max(np.abs(errors - reference_errors) / reference_errors):.1e}"
+    return f"{row} {errors_relative} |"
 
 
 def main():
@@ -190,12 +220,13 @@ def main():
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-limit-gib", type=float, default=16.0)
+    parser.add_argument("--api", choices=["least_squares", "curve_fit"], default="least_squares")
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)  # m, dtype, residual_chunk_size or "none"
     args = parser.parse_args()
     if args.case:
         m, dtype_name, chunk = args.case
         residual_chunk_size = None if chunk == "none" else int(chunk)
-        run_case(int(m), dtype_name, residual_chunk_size, args.repeats, args.memory_limit_gib)
+        run_case(int(m), dtype_name, residual_chunk_size, args.repeats, args.memory_limit_gib, args.api)
         return
 
     import jax
@@ -203,23 +234,27 @@ def main():
 
     print(f"jax {jax.__version__}; {platform.machine()}, {os.cpu_count()} cores")
     print(f"solve s: best of {args.repeats} after compiling; all cases converged unless marked")
-    print(
+    print(f"jaxlm.{args.api}")
+    header = (
         "| m | dtype | path | solve s | compile s | steps | XLA temp MiB | peak RSS MiB "
         "| RSS rise in solve, MiB | grad XLA temp MiB | max rel. Δp | max Δp/σ_p |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(header + (" max rel. Δ√diag(pcov) |" if args.api == "curve_fit" else ""))
+    print("|---" * (12 + (args.api == "curve_fit")) + "|")
     for m in args.sizes:
-        reference = sigma = None
+        reference = sigma = reference_errors = None
         for dtype_name in args.dtypes:
             for residual_chunk_size in (None, *args.chunk_sizes):
                 result = run_in_subprocess(m, dtype_name, residual_chunk_size, args)
                 if "params" in result and result["status"] not in ("CONVERGED_FTOL", "CONVERGED_XTOL"):
                     result["steps"] = f"{result['steps']} ({result['status']})"
                 path = "plain" if residual_chunk_size is None else f"chunked ({residual_chunk_size:,})"
-                print(table_row(m, dtype_name, path, result, reference, sigma), flush=True)
+                print(table_row(m, dtype_name, path, result, reference, sigma, reference_errors), flush=True)
                 if dtype_name == "float64" and residual_chunk_size is None and "params" in result:
                     reference = np.array(result["params"])
                     sigma = standard_errors(m, reference)
+                    if result["standard_errors"] is not None:
+                        reference_errors = np.array(result["standard_errors"])
 
 
 if __name__ == "__main__":

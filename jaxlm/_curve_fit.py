@@ -8,13 +8,22 @@ sigma. The covariance of the parameters is the one scipy reports (`scipy.optimiz
 
 with J the Jacobian of the whitened residuals at the solution (for a robust loss, scipy's
 rescaled J̃ = diag(√(ρ' + 2ρ''z))·J and Σ r̂ᵢ² = 2·cost), computed from the SVD of J. When J is
-rank-deficient (a singular value below eps·max(m, n)·s_max), or when m ≤ n and the variance is
-estimated from the data, pcov is inf in every entry, as scipy gives it.
+rank-deficient (a singular value below min(eps·max(m, n), √eps)·s_max: scipy's threshold, capped
+so that float32 fits of 10⁶ points and more are not all called singular), or when m ≤ n and
+the variance is estimated from the data, pcov is inf in every entry, as scipy gives it.
 Parameters held fixed, or pinned at a bound that the data push against, are held in J (their
 columns dropped): their rows and columns of pcov are NaN and n counts only the varied ones.
 
 Points can be left out without changing shapes (which `vmap` needs): `mask=False`, `sigma=inf`
 and `nan_policy="omit"` give them weight 0, and m counts only the points that remain.
+
+With `residual_chunk_size` (10⁶ points and more) neither the fit nor pcov forms J: the fit
+accumulates JᵀJ and Jᵀr over chunks of points (see `_chunked.py`), and pcov comes from the
+triangular factor R of J = QR, updated chunk by chunk as R ← R of [R; J_c] (the sequential form
+of a tall-skinny QR: Demmel, Grigori, Hoemmen, Langou, "Communication-optimal parallel and
+sequential QR and LU factorizations", SIAM J. Sci. Comput. 34(1), 2012). R has the singular
+values and right singular vectors of J, so pcov is the one J gives, to rounding, without
+squaring J's condition number as JᵀJ would.
 """
 
 import functools
@@ -26,13 +35,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike
 
+from ._chunked import ChunkedResiduals
 from ._implicit import AbstractAdjoint
-from ._least_squares import _least_squares, as_scalar, check_box, check_options
+from ._least_squares import (
+    _least_squares,
+    as_scalar,
+    check_box,
+    check_chunk_size,
+    check_options,
+    chunked_residuals,
+)
+from ._linear import rank_tolerance
 from ._loop import AbstractSolver, pinned_free
-from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual
+from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual, with_loss
 from ._solver import LevenbergMarquardt
 
 NAN_POLICIES = (None, "raise", "omit", "propagate")
@@ -60,6 +79,7 @@ def curve_fit(
     solver=None,
     max_steps: int = 1000,
     verbose: bool = False,
+    residual_chunk_size: int | None = None,
 ):
     """Fit `f(xdata, *params)` to `ydata`, with the semantics of `scipy.optimize.curve_fit`.
 
@@ -97,6 +117,15 @@ def curve_fit(
             `vary=False`); it is left out of pcov (NaN) and of the degrees of freedom.
         loss, f_scale: a robust loss, as in `scipy.optimize.least_squares`.
         solver, max_steps, verbose: as for `jaxlm.least_squares`.
+        residual_chunk_size: for data with very many points (10⁶ and more; LevenbergMarquardt
+            only): evaluate the model `residual_chunk_size` points at a time, so that the
+            Jacobian (points × parameters) is never stored, neither in the fit nor for pcov
+            (see `jaxlm.least_squares`). The points are the first axis of `ydata` (of one
+            dataset); every array in `xdata` with the points along its first axis (or, as
+            scipy's (k, M) `xdata`, along its last) is split with them, so `f` must compute
+            each point's value from that point's x alone. sigma must be standard deviations
+            (or weights), not a covariance matrix. The result is that of the plain fit, to
+            rounding. 10⁴–10⁵ is a good size.
 
     Returns:
         `(popt, pcov)`, with a leading batch axis for a batch; with `full_output`,
@@ -180,6 +209,17 @@ def curve_fit(
         weights = jnp.where(keep, 1 if weights is None else weights, 0).astype(dtype)
 
     solver, adjoint = check_options(f, (), solver, LevenbergMarquardt, max_steps, None, 0)
+    points_last = None
+    if residual_chunk_size is not None:
+        check_chunk_size(residual_chunk_size, solver)
+        if factor is not None:
+            raise ValueError(
+                "residual_chunk_size needs sigma as standard deviations (or weights), not a covariance "
+                "matrix: a covariance couples the points, so they cannot be fitted in chunks."
+            )
+        xdata, points_last = _points_first(xdata, model_shape[0])
+        _check_model_on_a_chunk(f, xdata, points_last, single_p0, model_shape, residual_chunk_size)
+        residual_chunk_size = int(residual_chunk_size)
     box = _box(bounds, fixed, p0, num_params, dtype)
     if box is not None and not isinstance(solver, LevenbergMarquardt):
         raise ValueError(
@@ -195,6 +235,8 @@ def curve_fit(
         adjoint=adjoint,
         max_steps=int(max_steps),
         verbose=bool(verbose),
+        residual_chunk_size=residual_chunk_size,
+        points_last=points_last,
     )
     f_scale = as_scalar(f_scale, dtype)
     if batch is None:
@@ -235,6 +277,9 @@ class _FitOptions(eqx.Module):
     adjoint: AbstractAdjoint
     max_steps: int = eqx.field(static=True)
     verbose: bool = eqx.field(static=True)
+    residual_chunk_size: int | None = eqx.field(static=True)
+    # For each leaf of xdata, whether `_points_first` moved its last axis (the points) to the front.
+    points_last: tuple[bool, ...] | None = eqx.field(static=True)
 
 
 @eqx.filter_jit
@@ -247,23 +292,27 @@ def _fit_batch(options, axes, xdata, ydata, weights, factor, p0, f_scale, box):
 
 @eqx.filter_jit
 def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
-    f, model_jac = options.f, options.jac
+    f, model_jac, chunk_size = options.f, options.jac, options.residual_chunk_size
 
-    def whiten(difference):
+    def whiten(difference, weights):
         if factor is not None:
             return solve_triangular(factor, difference, lower=True)
         if weights is not None:
             return jnp.where(weights > 0, weights * difference, 0)
         return difference
 
-    def residual(params, xdata, ydata):
-        return whiten(f(xdata, *unpack(params)) - ydata)
+    def model_x(xdata):  # xdata as f takes it (with chunks: one chunk's points)
+        return xdata if options.points_last is None else _move_axis(xdata, options.points_last, 0, -1)
+
+    # The data are arguments, not closed over, so that a chunked fit can split them into chunks.
+    def residual(params, xdata, ydata, weights):
+        return whiten(f(model_x(xdata), *unpack(params)) - ydata, weights)
 
     jac = None
     if model_jac is not None:
 
-        def jac(params, xdata, ydata):
-            matrix = jnp.asarray(model_jac(xdata, *unpack(params))).reshape(ydata.size, params.size)
+        def jac(params, xdata, ydata, weights):
+            matrix = jnp.asarray(model_jac(model_x(xdata), *unpack(params))).reshape(ydata.size, params.size)
             if factor is not None:
                 return solve_triangular(factor, matrix, lower=True)
             if weights is not None:
@@ -274,10 +323,11 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
     if box is not None:
         lower, upper, fixed = box
         bounds = (jnp.where(fixed, p0, lower), jnp.where(fixed, p0, upper))
+    data = (xdata, ydata, weights)
     solution = _least_squares(
         residual,
         p0,
-        (xdata, ydata),
+        data,
         solver=options.solver,
         max_steps=options.max_steps,
         jac=jac,
@@ -288,29 +338,38 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
         f_scale=f_scale,
         bounds=bounds,
         verbose=options.verbose,
+        residual_chunk_size=chunk_size,
     )
     popt = solution.params
-    whitened = residual(popt, xdata, ydata).ravel()
-    jacobian = jax.jacfwd(lambda p: residual(p, xdata, ydata).ravel())(popt)
-    if options.loss != "linear":
-        jacobian = robust_jacobian_weights(whitened, options.loss, f_scale)[:, None] * jacobian
+    if chunk_size is None:
+        whitened = residual(popt, *data).ravel()
+        jacobian = jax.jacfwd(lambda p: residual(p, *data).ravel())(popt)
+        if options.loss != "linear":
+            jacobian = robust_jacobian_weights(whitened, options.loss, f_scale)[:, None] * jacobian
+
+        def cost(params):
+            return 0.5 * jnp.sum(robust_residual(residual(params, *data), options.loss, f_scale) ** 2)
+
+    else:  # R of J = QR in place of J (the same singular values and right singular vectors)
+        whitened = solution.residual.ravel()  # evaluated by the solve, chunk by chunk
+        chunks = chunked_residuals(residual, None, data, popt, ydata.shape, chunk_size)
+        jacobian = _r_factor(chunks, popt, options.loss, f_scale)
+        robust = with_loss(residual, options.loss, f_scale)
+        cost = chunked_residuals(robust, None, data, popt, ydata.shape, chunk_size).cost
     num_points = whitened.size if weights is None else jnp.sum(weights > 0)
     free = jnp.ones(popt.shape, bool)
     if bounds is not None:
-
-        def cost(params):
-            robust = robust_residual(residual(params, xdata, ydata), options.loss, f_scale)
-            return 0.5 * jnp.sum(robust**2)
-
         free = pinned_free(popt, jax.grad(cost)(popt), *bounds)
-    pcov, singular = _covariance(jacobian, 2 * solution.cost, num_points, options.absolute_sigma, free)
+    pcov, singular = _covariance(
+        jacobian, whitened.size, 2 * solution.cost, num_points, options.absolute_sigma, free
+    )
     solution = eqx.tree_at(lambda s: s.residual, solution, whitened)
     # R² = 1 − χ²/χ²₀ with χ²₀ that of the (weighted) mean of the data as the model.
     if weights is None:
         mean = jnp.mean(ydata)
     else:
         mean = jnp.sum(weights**2 * ydata) / jnp.sum(weights**2)
-    total = jnp.sum(whiten(ydata - mean) ** 2)
+    total = jnp.sum(whiten(ydata - mean, weights) ** 2)
     statistics = {
         "covariance_singular": singular,
         "num_points": num_points,
@@ -320,8 +379,27 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
     return popt, pcov, (solution, statistics)
 
 
-def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma, free):
-    """scipy's pcov: (JᵀJ)⁻¹ from the SVD of J, scaled by the reduced χ² unless absolute_sigma.
+def _r_factor(chunks: ChunkedResiduals, params, loss, f_scale):
+    """R (n × n, upper triangular) of J = QR, J the Jacobian of the residuals (scipy's J̃ for a
+    robust loss), by a scan over the chunks: R ← R of [R; J_c]. JᵀJ = RᵀR, and the SVD of R has
+    the singular values and right singular vectors of J."""
+
+    def add_chunk(r, index):
+        jac, residual = chunks.chunk_jacobian_and_residual(params, index)
+        if loss != "linear":
+            jac = robust_jacobian_weights(residual, loss, f_scale)[:, None] * jac
+        return jnp.linalg.qr(jnp.concatenate([r, jac]), mode="r"), None
+
+    start = jnp.zeros((params.size, params.size), params.dtype)
+    # Rematerialised when differentiated, so that reverse mode stores no chunk's Jacobian either.
+    add_chunk = jax.checkpoint(add_chunk, prevent_cse=False)
+    r, _ = lax.scan(add_chunk, start, jnp.arange(chunks.num_chunks))
+    return r
+
+
+def _covariance(jacobian, num_residuals, sum_of_squares, num_points, absolute_sigma, free):
+    """scipy's pcov: (JᵀJ)⁻¹ from the SVD of J (or of R, J = QR, for `num_residuals` residuals),
+    scaled by the reduced χ² unless absolute_sigma.
 
     Pinned or fixed parameters (not `free`) are held: their columns of J are dropped (zeroed),
     their entries are NaN, and they do not count as parameters in the degrees of freedom.
@@ -329,7 +407,7 @@ def _covariance(jacobian, sum_of_squares, num_points, absolute_sigma, free):
     jacobian = jnp.where(free[None, :], jacobian, 0)
     num_free = jnp.sum(free)
     _, singular_values, vt = jnp.linalg.svd(jacobian, full_matrices=False)
-    threshold = jnp.finfo(jacobian.dtype).eps * max(jacobian.shape) * singular_values[0]
+    threshold = rank_tolerance(jacobian.dtype, max(num_residuals, jacobian.shape[1])) * singular_values[0]
     kept = singular_values > threshold
     rank_deficient = jnp.sum(kept) < num_free
     inverse_squares = jnp.where(kept, 1 / jnp.where(kept, singular_values, 1) ** 2, 0)
@@ -455,6 +533,49 @@ def _model_shape(f, xdata, p0) -> tuple[int, ...]:
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"f returned dtype {out.dtype}; it must return floating-point values.")
     return out.shape
+
+
+def _points_first(xdata, num_points) -> tuple[Any, tuple[bool, ...]]:
+    """xdata with the data points along the first axis of each of its arrays that has them, for
+    chunking; arrays in scipy's (k, M) layout, the points along the last axis, get it moved to
+    the front (and `_fit` moves it back before calling f). Returns the flags of which moved."""
+    moved = tuple(
+        bool(jnp.ndim(x) >= 2 and jnp.shape(x)[0] != num_points and jnp.shape(x)[-1] == num_points)
+        for x in jax.tree.leaves(xdata)
+    )
+    return _move_axis(xdata, moved, -1, 0), moved
+
+
+def _move_axis(xdata, which, source, destination):
+    leaves, treedef = jax.tree.flatten(xdata)
+    leaves = [jnp.moveaxis(x, source, destination) if m else x for x, m in zip(leaves, which, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _check_model_on_a_chunk(f, xdata, points_last, p0, model_shape, residual_chunk_size) -> None:
+    """An error unless f, given the first points of xdata, returns the model at those points."""
+    num_points = model_shape[0]
+    size = min(residual_chunk_size, num_points)
+    leaves, treedef = jax.tree.flatten(xdata)
+    chunk = []
+    for x, last in zip(leaves, points_last, strict=True):
+        if jnp.ndim(x) >= 1 and jnp.shape(x)[0] == num_points:  # as `_fit` gives it to f
+            rest = jnp.shape(x)[1:]
+            x = jax.ShapeDtypeStruct((*rest, size) if last else (size, *rest), x.dtype)
+        chunk.append(x)
+    expected = (size, *model_shape[1:])
+    message = (
+        f"with residual_chunk_size, f must compute the model at each data point from that point's x alone: "
+        "put the points along the first axis of xdata's arrays (or the last, as in scipy's (k, M) xdata), "
+        f"and pass all per-point data in xdata rather than closing over it. On {size} of the {num_points} "
+        f"points, expecting shape {expected}, "
+    )
+    try:
+        shape = jax.eval_shape(lambda x, p: f(x, *unpack(p)), jax.tree.unflatten(treedef, chunk), p0).shape
+    except (TypeError, ValueError) as error:
+        raise ValueError(message + f"f failed with: {error}") from error
+    if shape != expected:
+        raise ValueError(message + f"f returned shape {shape}.")
 
 
 def _as_mask(mask, shape):

@@ -151,9 +151,18 @@ def _augmented_lstsq_solve(scale, diagonal_damping, jac, residual) -> Array:
     augmented = jnp.concatenate([jac * scale[None, :], damping_rows])
     u, singular_values, vt = jnp.linalg.svd(augmented, full_matrices=False)
     projected_target = -jnp.sum(u[:m] * residual[:, None], axis=0)
-    kept = singular_values > jnp.finfo(jac.dtype).eps * (m + n) * singular_values[0]
+    kept = singular_values > rank_tolerance(jac.dtype, m + n) * singular_values[0]
     coefficients = jnp.where(kept, projected_target / jnp.where(kept, singular_values, 1), 0)
     return jnp.sum(vt * coefficients[:, None] * scale[None, :], axis=0)
+
+
+def rank_tolerance(dtype, size: int) -> float:
+    """The relative size below which a singular value of a matrix with `size` rows (or columns, the
+    larger) counts as zero: eps·size, as `numpy.linalg.matrix_rank` and scipy's `curve_fit` take
+    it, but at most √eps. In float32 eps·size reaches 0.1 at a million rows, where it would cut
+    off well-determined directions; with the cap float64 keeps the plain rule up to 6.7·10⁷ rows."""
+    eps = float(jnp.finfo(dtype).eps)
+    return min(eps * size, eps**0.5)
 
 
 @jax.custom_batching.custom_vmap

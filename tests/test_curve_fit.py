@@ -260,6 +260,23 @@ def test_float32():
     assert _covariance_error(pcov, expected_pcov) < 1e-2
 
 
+def test_float32_covariance_of_many_points_is_not_called_singular():
+    # σ_min/σ_max of J is 7e-4 here, below scipy's threshold eps·m = 2.4e-3 at float32's eps:
+    # without the cap at √eps = 3.5e-4 the fit of 20,000 points would report pcov = inf.
+    t = np.linspace(20.0, 21.0, 20_000)
+    y = 1.0 + 0.5 * t + 0.01 * RNG.standard_normal(t.size)
+
+    def line(t, a, b):
+        return a + b * t
+
+    _, expected_pcov = jaxlm.curve_fit(line, t, y, [0.0, 0.0])
+    _, pcov, info, *_ = jaxlm.curve_fit(
+        line, t.astype(np.float32), y.astype(np.float32), [0.0, 0.0], full_output=True
+    )
+    assert not bool(info["covariance_singular"])
+    np.testing.assert_allclose(np.sqrt(np.diag(pcov)), np.sqrt(np.diag(expected_pcov)), rtol=1e-3)
+
+
 def test_user_jacobian():
     def decay_jacobian(x, a, b, c):
         e = jnp.exp(-b * x)

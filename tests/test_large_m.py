@@ -237,3 +237,153 @@ def test_data_in_a_closure_is_an_error():
     # Some data in args, the rest closed over: a chunk's residuals come out with the wrong length.
     with pytest.raises(ValueError, match="row"):
         jaxlm.least_squares(lambda p, t: decay_and_peak(p, t, Y), START, (T,), residual_chunk_size=100)
+
+
+# `curve_fit(residual_chunk_size=...)`: the fit and pcov (from R of J = QR, accumulated chunk by chunk).
+
+
+def decay_and_peak_model(t, amplitude, rate, peak, center, background):
+    return decay_and_peak(jnp.stack([amplitude, rate, peak, center, background]), t, 0.0)
+
+
+def assert_same_fit(chunked, plain, rtol=1e-10):
+    (p_chunked, cov_chunked, info_chunked, *_), (p_plain, cov_plain, info_plain, *_) = chunked, plain
+    assert bool(info_chunked["success"])
+    np.testing.assert_allclose(p_chunked, p_plain, rtol=rtol)
+    # pcov in units of the standard errors (the correlations), where near-zero entries are compared fairly.
+    assert np.array_equal(np.isnan(cov_chunked), np.isnan(cov_plain))
+    errors = np.sqrt(np.abs(np.diag(cov_plain)))
+    scale = np.outer(np.where(errors > 0, errors, 1), np.where(errors > 0, errors, 1))
+    np.testing.assert_allclose(
+        np.asarray(cov_chunked) / scale, np.asarray(cov_plain) / scale, atol=100 * rtol
+    )
+    np.testing.assert_allclose(info_chunked["fvec"], info_plain["fvec"], atol=1e-8)
+    for key in ("r_squared", "num_points", "num_varied", "covariance_singular"):
+        np.testing.assert_allclose(info_chunked[key], info_plain[key], rtol=1e-10)
+
+
+SIGMA = 0.02 * (1 + jnp.arange(T.size) % 3)
+MASK = jnp.arange(T.size) % 7 != 0
+CURVE_FIT_OPTIONS = {
+    "plain": {},
+    "sigma": {"sigma": SIGMA, "absolute_sigma": True},
+    "robust": {"loss": "soft_l1", "f_scale": 0.05},
+    "bounds": {"bounds": BOUNDS},  # the background ends pinned at its bound: NaN in pcov
+    "mask": {"mask": MASK},
+}
+
+
+@pytest.mark.parametrize("options", list(CURVE_FIT_OPTIONS))
+def test_chunked_curve_fit_equals_the_plain_fit(options):
+    options = CURVE_FIT_OPTIONS[options]
+    plain = jaxlm.curve_fit(decay_and_peak_model, T, Y, START, full_output=True, **options)
+    # 300 does not divide 2000: the last chunk overlaps the one before.
+    chunked = jaxlm.curve_fit(
+        decay_and_peak_model, T, Y, START, full_output=True, residual_chunk_size=300, **options
+    )
+    assert_same_fit(chunked, plain)
+    if "bounds" in options:
+        assert np.isnan(chunked[1][-1, -1]) and not np.isnan(chunked[1][0, 0])
+
+
+def test_chunked_curve_fit_with_scipy_xdata_layout_and_images():
+    # scipy's (k, M) xdata: the points along the last axis.
+    xy = jax.random.uniform(jax.random.key(1), (2, 500), minval=-1, maxval=1)
+
+    def surface(xy, a, b, c):
+        return a * jnp.exp(b * xy[0]) + c * xy[1] ** 2
+
+    z = surface(xy, 2.0, 0.5, -1.0) + 0.01 * jax.random.normal(jax.random.key(2), (500,))
+    plain = jaxlm.curve_fit(surface, xy, z, [1.0, 1.0, 1.0], full_output=True)
+    chunked = jaxlm.curve_fit(surface, xy, z, [1.0, 1.0, 1.0], full_output=True, residual_chunk_size=64)
+    assert_same_fit(chunked, plain, rtol=1e-9)
+
+    # An image: the points are its rows, chunked along with the rows of the coordinate grids.
+    rows, columns = jnp.mgrid[0:20, 0:15].astype(float)
+
+    def spot(grid, amplitude, x0, y0, width, background):
+        x, y = grid
+        return amplitude * jnp.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * width**2)) + background
+
+    image = spot((columns, rows), 10.0, 7.0, 9.0, 2.0, 1.0)
+    image = image + 0.1 * jax.random.normal(jax.random.key(3), image.shape)
+    start = [8.0, 6.0, 8.0, 3.0, 0.0]
+    plain = jaxlm.curve_fit(spot, (columns, rows), image, start, full_output=True)
+    chunked = jaxlm.curve_fit(spot, (columns, rows), image, start, full_output=True, residual_chunk_size=7)
+    assert_same_fit(chunked, plain)
+
+
+def test_chunked_curve_fit_of_a_batch_under_jit_and_differentiated():
+    datasets = jnp.stack([Y, 1.1 * Y, Y + 0.05])
+
+    def fit(datasets, residual_chunk_size):
+        popt, pcov = jaxlm.curve_fit(
+            decay_and_peak_model, T, datasets, START, residual_chunk_size=residual_chunk_size
+        )
+        return popt, pcov
+
+    chunked = jax.jit(fit, static_argnums=1)(datasets, 300)
+    plain = fit(datasets, None)
+    np.testing.assert_allclose(chunked[0], plain[0], rtol=1e-10)
+    np.testing.assert_allclose(chunked[1], plain[1], rtol=1e-8, atol=1e-14)
+
+    def loss(y, residual_chunk_size):
+        popt, pcov = fit(y, residual_chunk_size)
+        return jnp.sum(popt**2) + jnp.sum(jnp.sqrt(jnp.diag(pcov)))
+
+    np.testing.assert_allclose(jax.grad(loss)(Y, 300), jax.grad(loss)(Y, None), rtol=1e-7, atol=1e-12)
+
+
+def test_chunked_curve_fit_in_float32():
+    t, y = make_data(2000, jnp.float32)
+    plain = jaxlm.curve_fit(decay_and_peak_model, t, y, START, full_output=True)
+    chunked = jaxlm.curve_fit(decay_and_peak_model, t, y, START, full_output=True, residual_chunk_size=300)
+    assert chunked[0].dtype == chunked[1].dtype == jnp.float32
+    assert bool(chunked[2]["success"])
+    errors = np.sqrt(np.diag(plain[1]))
+    assert np.max(np.abs(chunked[0] - plain[0]) / errors) < 0.05
+    np.testing.assert_allclose(np.sqrt(np.diag(chunked[1])), errors, rtol=1e-3)
+
+
+def test_no_m_by_n_array_in_a_chunked_curve_fit():
+    m, n = T.size, START.size
+
+    def largest(residual_chunk_size):
+        def fit(y):
+            return jaxlm.curve_fit(decay_and_peak_model, T, y, START, residual_chunk_size=residual_chunk_size)
+
+        return max(_array_sizes(jax.make_jaxpr(fit)(Y).jaxpr))
+
+    assert largest(None) >= m * n
+    assert largest(256) < m * n
+
+
+def test_chunked_curve_fit_of_a_singular_problem_gives_inf_covariance():
+    def redundant(t, a, b, rate):  # only a + b is determined
+        return (a + b) * jnp.exp(-rate * t)
+
+    _, pcov, info, *_ = jaxlm.curve_fit(
+        redundant, T, Y, [1.0, 1.0, 1.0], full_output=True, residual_chunk_size=300
+    )
+    assert bool(info["covariance_singular"]) and np.all(np.isinf(pcov))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"residual_chunk_size": 0}, "positive integer"),
+        ({"residual_chunk_size": 100, "solver": jaxlm.GaussNewton()}, "LevenbergMarquardt"),
+        ({"residual_chunk_size": 100, "sigma": 0.02 * jnp.eye(T.size)}, "not a covariance matrix"),
+    ],
+)
+def test_chunked_curve_fit_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        jaxlm.curve_fit(decay_and_peak_model, T, Y, START, **options)
+
+
+def test_chunked_curve_fit_of_a_model_that_does_not_work_point_by_point_is_an_error():
+    def closed_over(t, *params):  # ignores its x: the points are in the closure
+        return decay_and_peak_model(T, *params)
+
+    with pytest.raises(ValueError, match="f must compute the model at each data point"):
+        jaxlm.curve_fit(closed_over, T, Y, START, residual_chunk_size=100)

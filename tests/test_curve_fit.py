@@ -90,6 +90,14 @@ def test_p0_defaults_to_ones_from_the_signature_and_full_output():
     np.testing.assert_allclose(np.sum(np.asarray(info["fvec"]) ** 2), 2 * info["solution"].cost, rtol=1e-12)
 
 
+def test_python_lists_as_scipy_takes_them():
+    y = _data(rational, (2.0, 0.7))
+    expected, expected_pcov = jaxlm.curve_fit(rational, X, y, p0=[1.0, 1.0])
+    popt, pcov = jaxlm.curve_fit(rational, X.tolist(), y.tolist(), p0=[1, 1])  # xdata one array, not a pytree
+    np.testing.assert_allclose(popt, expected, rtol=1e-12)
+    np.testing.assert_allclose(pcov, expected_pcov, rtol=1e-10)
+
+
 def test_a_repeated_call_does_not_trace_the_model_again():
     """The model's output shape is cached with the compiled fit: a second call from Python with
     data of the same shapes runs no Python code of the model; new shapes trace it again."""

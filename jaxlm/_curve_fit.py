@@ -39,11 +39,11 @@ from jax import lax
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike
 
-from ._chunked import ChunkedResiduals
+from ._chunked import ChunkedResiduals, chunk_of, split_data
 from ._implicit import AbstractAdjoint
 from ._least_squares import (
     _least_squares,
-    as_scalar,
+    as_array,
     check_box,
     check_chunk_size,
     check_options,
@@ -148,7 +148,7 @@ def curve_fit(
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be callable as jac(x, *params), got {jac!r}.")
 
-    ydata = _as_data(ydata)
+    ydata = as_array(ydata)
     if not jnp.issubdtype(ydata.dtype, jnp.floating):
         ydata = ydata.astype(jnp.result_type(float))
     dtype = ydata.dtype
@@ -161,7 +161,7 @@ def curve_fit(
             pass
     xdata = jax.tree.map(lambda leaf: _as_float(leaf, dtype), xdata)
     num_params = _num_params(f, p0)
-    p0 = np.ones(num_params, dtype) if p0 is None else _as_data(p0, dtype)
+    p0 = np.ones(num_params, dtype) if p0 is None else as_array(p0, dtype)
 
     single_p0 = p0 if p0.ndim == 1 else p0[0]
     model_shape = _model_shape(f, xdata, single_p0)
@@ -231,9 +231,19 @@ def curve_fit(
             f"bounds and fixed parameters need LevenbergMarquardt, not {type(solver).__name__}: use "
             "solver=jaxlm.LevenbergMarquardt() (the default)."
         )
-    fields = (f, jac, loss, bool(absolute_sigma), solver, adjoint, int(max_steps), bool(verbose))
-    options = _fit_options(*fields, residual_chunk_size, points_last)
-    f_scale = as_scalar(f_scale, dtype)
+    options = _fit_options(
+        f,
+        jac,
+        loss,
+        bool(absolute_sigma),
+        solver,
+        adjoint,
+        int(max_steps),
+        bool(verbose),
+        residual_chunk_size,
+        points_last,
+    )
+    f_scale = as_array(f_scale, dtype)
     if batch is None:
         popt, pcov, (solution, statistics) = _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
     else:
@@ -461,18 +471,8 @@ def _box(bounds, fixed, p0, num_params, dtype):
     return lower, upper, jnp.zeros(num_params, bool) if fixed is None else fixed
 
 
-def _as_data(value, dtype=None):
-    """`value` as an array of `dtype` (by default its own, as JAX would store it). JAX arrays and
-    tracers become JAX arrays; anything else a NumPy array, which the jitted fit takes as it is:
-    converting it eagerly with `jnp.asarray` took 10–40 µs per array and call."""
-    if isinstance(value, jax.Array):
-        return jnp.asarray(value, dtype)
-    value = np.asarray(value, dtype)
-    return value.astype(jax.dtypes.canonicalize_dtype(value.dtype), copy=False)
-
-
 def _as_float(leaf, dtype):
-    leaf = _as_data(leaf)
+    leaf = as_array(leaf)
     return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
 
@@ -573,13 +573,12 @@ def _check_model_on_a_chunk(f, xdata, points_last, p0, model_shape, residual_chu
     """An error unless f, given the first points of xdata, returns the model at those points."""
     num_points = model_shape[0]
     size = min(residual_chunk_size, num_points)
-    leaves, treedef = jax.tree.flatten(xdata)
-    chunk = []
-    for x, last in zip(leaves, points_last, strict=True):
-        if jnp.ndim(x) >= 1 and jnp.shape(x)[0] == num_points:  # as `_fit` gives it to f
-            rest = jnp.shape(x)[1:]
-            x = jax.ShapeDtypeStruct((*rest, size) if last else (size, *rest), x.dtype)
-        chunk.append(x)
+    data, rest = split_data((xdata,), num_points)  # as the chunked fit splits it
+
+    def model_on_a_chunk(p):
+        (x,) = chunk_of(data, rest, 0, size)
+        return f(_move_axis(x, points_last, 0, -1), *unpack(p))
+
     expected = (size, *model_shape[1:])
     message = (
         f"with residual_chunk_size, f must compute the model at each data point from that point's x alone: "
@@ -588,7 +587,7 @@ def _check_model_on_a_chunk(f, xdata, points_last, p0, model_shape, residual_chu
         f"points, expecting shape {expected}, "
     )
     try:
-        shape = jax.eval_shape(lambda x, p: f(x, *unpack(p)), jax.tree.unflatten(treedef, chunk), p0).shape
+        shape = jax.eval_shape(model_on_a_chunk, p0).shape
     except (TypeError, ValueError) as error:
         raise ValueError(message + f"f failed with: {error}") from error
     if shape != expected:

@@ -104,7 +104,7 @@ def least_squares(
     x0 = as_float_params(x0)
     bounds = flat_bounds(bounds, x0)
     check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
-    f_scale = as_scalar(f_scale, jnp.result_type(*jax.tree.leaves(x0)))
+    f_scale = as_array(f_scale, jnp.result_type(*jax.tree.leaves(x0)))
     check_chunk_size(residual_chunk_size, solver)
     return _least_squares(
         fun,
@@ -283,13 +283,16 @@ def check_options(fun, args, solver, default_solver_type, max_steps, adjoint, tr
     return solver, adjoint
 
 
-def as_scalar(value, dtype):
-    """A scalar option (f_scale) as an array of the parameters' dtype, so that `jit` traces it
-    rather than compiling anew for every value; a NumPy array unless it is already a JAX one
-    (a tracer, when differentiated), which is cheaper for an eager call."""
+def as_array(value, dtype=None):
+    """`value` as an array of `dtype` (by default its own, as JAX would store it): data, or a
+    scalar option (f_scale) that `jit` should trace rather than compile anew for every value.
+    A JAX array or tracer (when differentiated) stays a JAX array; anything else becomes a NumPy
+    array, which a jitted call takes as it is: converting it eagerly with `jnp.asarray` costs
+    10–40 µs per array and call."""
     if isinstance(value, jax.Array):
         return jnp.asarray(value, dtype)
-    return np.asarray(value, dtype)
+    value = np.asarray(value, dtype)
+    return value.astype(jax.dtypes.canonicalize_dtype(value.dtype), copy=False)
 
 
 def as_float_params(x0):

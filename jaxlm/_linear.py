@@ -143,7 +143,7 @@ def _pseudo_inverse_solve(scale, jtj, grad, diagonal_damping) -> Array:
 
 def _augmented_lstsq_solve(scale, diagonal_damping, jac, residual) -> Array:
     """The minimum-norm least-squares solution of [J; diag(√d)] h ≈ −[r; 0] in the equilibrated
-    variables, by SVD (small singular values cut off as `jnp.linalg.lstsq` does)."""
+    variables, by SVD (singular values below `rank_tolerance` cut off)."""
     m, n = jac.shape
     # The square root of a diagonal matrix, not a diagonal of square roots, and sums of
     # elementwise products instead of matrix products: XLA fuses these into fewer kernels.

@@ -100,18 +100,14 @@ class GaussNewton(AbstractSolver):
         else:
             accepted = finite
 
+        def move_to_trial_point():
+            jac, _, grad = problem.normal_equations(x_trial, residual_trial)
+            return x_trial, residual_trial, cost_trial, jac, grad
+
         # One `cond` chooses the next point, with a new Jacobian only when the step was accepted
         # (a `where` per field would compile to a kernel each, as in LevenbergMarquardt).
-        x, residual, cost, jac, grad = lax.cond(
-            accepted,
-            lambda: (
-                x_trial,
-                residual_trial,
-                cost_trial,
-                *_jacobian_and_gradient(problem, x_trial, residual_trial),
-            ),
-            lambda: (state.x, state.residual, state.cost, state.jac, state.grad),
-        )
+        stay = (state.x, state.residual, state.cost, state.jac, state.grad)
+        x, residual, cost, jac, grad = lax.cond(accepted, move_to_trial_point, lambda: stay)
         predicted_reduction = -alpha * slope - 0.5 * jnp.sum((state.jac @ step) ** 2)
 
         status = convergence_status(
@@ -145,8 +141,3 @@ class GaussNewton(AbstractSolver):
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + accepted.astype(jnp.int32),
         )
-
-
-def _jacobian_and_gradient(problem, x, residual):
-    jac = problem.jacobian(x)
-    return jac, problem.jtj_and_gradient(jac, residual)[1]

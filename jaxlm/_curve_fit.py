@@ -29,7 +29,7 @@ squaring J's condition number as JᵀJ would.
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -40,6 +40,7 @@ from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike
 
 from ._chunked import ChunkedResiduals, chunk_of, split_data
+from ._dispatch import call_compiled
 from ._implicit import AbstractAdjoint
 from ._least_squares import (
     _least_squares,
@@ -231,7 +232,7 @@ def curve_fit(
             f"bounds and fixed parameters need LevenbergMarquardt, not {type(solver).__name__}: use "
             "solver=jaxlm.LevenbergMarquardt() (the default)."
         )
-    options = _fit_options(
+    options = _FitOptions(
         f,
         jac,
         loss,
@@ -244,21 +245,15 @@ def curve_fit(
         points_last,
     )
     f_scale = as_array(f_scale, dtype)
-    if batch is None:
-        popt, pcov, (solution, statistics) = _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
-    else:
-        axes = (
-            None,
-            0,
-            _batch_axis(weights, ydata.ndim),
-            _batch_axis(factor, 3),
-            0 if p0.ndim == 2 else None,
-        )
-        popt, pcov, (solution, statistics) = _fit_batch(
-            options, axes, xdata, ydata, weights, factor, p0, f_scale, box
-        )
+    axes = None
+    if batch is not None:
+        axes = (0, _batch_axis(weights, ydata.ndim), _batch_axis(factor, 3), 0 if p0.ndim == 2 else None)
+    outputs = call_compiled(
+        _fit_outputs, (options, axes, full_output), (xdata, ydata, weights, factor, p0, f_scale, box)
+    )
     if not full_output:
-        return popt, pcov
+        return outputs
+    popt, pcov, (solution, statistics) = outputs
     infodict = {
         "fvec": solution.residual,
         "nfev": solution.num_fev,
@@ -273,41 +268,36 @@ def curve_fit(
     return popt, pcov, infodict, None if traced else solution.message, solution.status
 
 
-class _FitOptions(eqx.Module):
-    f: Callable = eqx.field(static=True)
-    jac: Callable | None = eqx.field(static=True)
-    loss: str = eqx.field(static=True)
-    absolute_sigma: bool = eqx.field(static=True)
+class _FitOptions(NamedTuple):
+    """What `_fit` compiles in (a tuple, not an Equinox module: it is built on every call, and a
+    module took 30 µs to build)."""
+
+    f: Callable
+    jac: Callable | None
+    loss: str
+    absolute_sigma: bool
     solver: AbstractSolver
     adjoint: AbstractAdjoint
-    max_steps: int = eqx.field(static=True)
-    verbose: bool = eqx.field(static=True)
-    residual_chunk_size: int | None = eqx.field(static=True)
+    max_steps: int
+    verbose: bool
+    residual_chunk_size: int | None
     # For each leaf of xdata, whether `_points_first` moved its last axis (the points) to the front.
-    points_last: tuple[bool, ...] | None = eqx.field(static=True)
+    points_last: tuple[bool, ...] | None
 
 
-def _fit_options(*fields) -> _FitOptions:
-    """The `_FitOptions` of these fields, built once for a repeated call (building an Equinox module
-    took 30 µs, a tenth of an eager `curve_fit` of a small model); anew if a field cannot be hashed."""
-    try:
-        return _cached_fit_options(*fields)
-    except TypeError:
-        return _FitOptions(*fields)
+def _fit_outputs(options, axes, full_output, xdata, ydata, weights, factor, p0, f_scale, box):
+    """`_fit`, vmapped over `axes` for a batch of datasets; (popt, pcov) only unless `full_output`
+    (fewer arrays to hand back to Python after an eager call)."""
 
-
-_cached_fit_options = functools.lru_cache(maxsize=64)(lambda *fields: _FitOptions(*fields))
-
-
-@eqx.filter_jit
-def _fit_batch(options, axes, xdata, ydata, weights, factor, p0, f_scale, box):
-    def one(xdata, ydata, weights, factor, p0):
+    def one(ydata, weights, factor, p0):
         return _fit(options, xdata, ydata, weights, factor, p0, f_scale, box)
 
-    return jax.vmap(one, in_axes=axes)(xdata, ydata, weights, factor, p0)
+    if axes is not None:
+        one = jax.vmap(one, axes)
+    outputs = one(ydata, weights, factor, p0)
+    return outputs if full_output else outputs[:2]
 
 
-@eqx.filter_jit
 def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
     f, model_jac, chunk_size = options.f, options.jac, options.residual_chunk_size
 
@@ -343,8 +333,8 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
     data = (xdata, ydata, weights)
     solution = _least_squares(
         residual,
-        p0,
-        data,
+        x0=p0,
+        args=data,
         solver=options.solver,
         max_steps=options.max_steps,
         jac=jac,

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._chunked import ChunkedResiduals, chunk_of, split_data
+from ._dispatch import call_compiled
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
 from ._loss import Loss, check_loss, with_loss
@@ -106,10 +107,8 @@ def least_squares(
     check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
     f_scale = as_array(f_scale, jnp.result_type(*jax.tree.leaves(x0)))
     check_chunk_size(residual_chunk_size, solver)
-    return _least_squares(
+    static = (
         fun,
-        x0,
-        args,
         solver,
         int(max_steps),
         jac,
@@ -117,11 +116,10 @@ def least_squares(
         adjoint,
         int(trace),
         loss,
-        f_scale,
-        bounds,
         bool(verbose),
         None if residual_chunk_size is None else int(residual_chunk_size),
     )
+    return call_compiled(_least_squares, static, (x0, args, f_scale, bounds), raises=throw)
 
 
 def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:
@@ -301,7 +299,7 @@ def as_float_params(x0):
         raise ValueError("x0 has no parameters: pass an array or a pytree of arrays.")
 
     def to_float(leaf):
-        leaf = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+        leaf = as_array(leaf)
         if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
             raise TypeError(
                 "x0 is complex; jaxlm solves real least-squares problems: "
@@ -386,22 +384,21 @@ def chunked_residuals(fun, jac, args, x0, residual_shape, residual_chunk_size) -
     return ChunkedResiduals(rows, rows_jacobian, num_rows, size)
 
 
-@eqx.filter_jit
 def _least_squares(
     fun,
-    x0,
-    args,
     solver,
     max_steps,
     jac,
     throw,
     adjoint,
     trace_steps,
-    loss="linear",
-    f_scale=1.0,
-    bounds=None,
-    verbose=False,
-    residual_chunk_size=None,
+    loss,
+    verbose,
+    residual_chunk_size,
+    x0,
+    args,
+    f_scale,
+    bounds,
 ) -> Solution:
     out = check_residuals(fun, x0, args)
     # With chunks, fun and jac are called on the arguments of one chunk.

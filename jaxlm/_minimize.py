@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike, PyTree
 
+from ._dispatch import call_compiled
 from ._implicit import AbstractAdjoint
 from ._least_squares import as_float_params, check_options
 from ._loop import AbstractSolver, Problem, run
@@ -39,13 +40,11 @@ def minimize(
     per-fit status, `throw`, `trace`, `verbose`, and gradients with respect to `args` through `adjoint`.
     """
     solver, adjoint = check_options(fun, args, solver, DampedNewton, max_steps, adjoint, trace)
-    return _minimize(
-        fun, as_float_params(x0), args, solver, int(max_steps), throw, adjoint, int(trace), bool(verbose)
-    )
+    static = (fun, solver, int(max_steps), throw, adjoint, int(trace), bool(verbose))
+    return call_compiled(_minimize, static, (as_float_params(x0), args), raises=throw)
 
 
-@eqx.filter_jit
-def _minimize(fun, x0, args, solver, max_steps, throw, adjoint, trace_steps, verbose) -> Solution:
+def _minimize(fun, solver, max_steps, throw, adjoint, trace_steps, verbose, x0, args) -> Solution:
     x_flat, unravel = ravel_pytree(x0)
     out = jax.eval_shape(lambda p: fun(p, *args), x0)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():

@@ -26,6 +26,48 @@ def test_second_call_with_new_data_does_not_recompile():
     np.testing.assert_allclose(second.params, [7.5, 1.3], rtol=1e-10)
 
 
+def test_an_equal_solver_made_anew_reuses_the_compiled_solve():
+    """An eager call binds its options into a `jax.jit` kept per set of options: options equal
+    in value (a solver built anew on every call) find it again."""
+    t, y = PROBLEMS["exponential_decay"].args
+    for scale in (1.0, 2.0):
+        solver = jaxlm.LevenbergMarquardt(ftol=1e-9, xtol=1e-9)
+        jaxlm.least_squares(
+            traced_decay, np.array([1.0, 0.5]), (np.asarray(t), scale * np.asarray(y)), solver=solver
+        )
+        if scale == 1.0:
+            traces_after_first = len(TRACES)
+    assert len(TRACES) == traces_after_first
+
+
+class _UnhashableResidual:
+    __hash__ = None  # as for an instance of a (non-frozen) dataclass with __eq__
+
+    def __call__(self, params, t, y):
+        return params[0] * jnp.exp(-params[1] * t) - y
+
+
+def test_eager_calls_with_arguments_that_cannot_be_compiled_in_the_fast_way():
+    """Python numbers in args stay compile-time constants (here a shape), a residual object
+    without a hash and a solver with an array field work, and all give the plain call's answer."""
+    t, y = PROBLEMS["exponential_decay"].args
+    x0 = jnp.array([1.0, 0.5])
+    expected = jaxlm.least_squares(traced_decay, x0, (t, y)).params
+
+    def residual_of_the_first(params, t, y, num_points):
+        return traced_decay(params, t[:num_points], y[:num_points])
+
+    cases = {
+        "a Python int in args": jaxlm.least_squares(residual_of_the_first, x0, (t, y, t.size)),
+        "an unhashable residual": jaxlm.least_squares(_UnhashableResidual(), x0, (t, y)),
+        "a solver with an array field": jaxlm.least_squares(
+            traced_decay, x0, (t, y), solver=jaxlm.LevenbergMarquardt(initial_damping=jnp.asarray(1e-3))
+        ),
+    }
+    for name, solution in cases.items():
+        np.testing.assert_allclose(solution.params, expected, rtol=1e-12, err_msg=name)
+
+
 def test_inside_user_jit_matches_eager_call():
     problem = PROBLEMS["exponential_decay"]
 

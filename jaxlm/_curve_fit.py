@@ -249,7 +249,10 @@ def curve_fit(
     if batch is not None:
         axes = (0, _batch_axis(weights, ydata.ndim), _batch_axis(factor, 3), 0 if p0.ndim == 2 else None)
     outputs = call_compiled(
-        _fit_outputs, (options, axes, full_output), (xdata, ydata, weights, factor, p0, f_scale, box)
+        _fit_outputs,
+        (options, axes, full_output),
+        (xdata, ydata, weights, factor, p0, f_scale, box),
+        single_fit=batch is None,
     )
     if not full_output:
         return outputs

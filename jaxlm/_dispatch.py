@@ -18,34 +18,56 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from ._compiler_options import single_fit_compiler_options
 
-def call_compiled(function: Callable, static: tuple, dynamic: tuple, *, raises: bool = False):
+
+def call_compiled(
+    function: Callable, static: tuple, dynamic: tuple, *, raises: bool = False, single_fit: bool = False
+):
     """`function(*static, *dynamic)`, compiled: traced in the arrays of `dynamic`, with `static`
     compiled in. `raises`: the function can raise at run time (`eqx.error_if`), and
-    `eqx.filter_jit` is what turns that into a readable `EquinoxRuntimeError`."""
+    `eqx.filter_jit` is what turns that into a readable `EquinoxRuntimeError`. `single_fit`: the
+    function solves one fit; called from Python (not traced by a `jit`, `vmap` or `grad`
+    around it), it compiles with `single_fit_compiler_options()`."""
+    leaves = jax.tree.leaves(dynamic)
+    options = ()
+    if single_fit and _called_from_python():
+        options = tuple(single_fit_compiler_options().items())
     compiled = None
-    if not raises and all(eqx.is_array(leaf) for leaf in jax.tree.leaves(dynamic)):
+    if not raises and all(eqx.is_array(leaf) for leaf in leaves):
         try:
-            compiled = _jit_with(function, static)
+            compiled = _jit_with(function, static, options)
         except TypeError:  # a static argument cannot be hashed
             pass
     if compiled is None:
-        return _filter_jit(function)(jax.tree.map(_held_unless_hashable, static), *dynamic)
+        return _filter_jit(function, options)(jax.tree.map(_held_unless_hashable, static), *dynamic)
     return compiled(*dynamic)
 
 
+def _called_from_python() -> bool:
+    """Whether no `jit`, `vmap` or `grad` is tracing the caller: only then is the `jit` about to
+    be called the outermost one, which alone may take compiler options. (The arguments do not
+    tell: they can all be concrete while the residual function closes over a tracer.) JAX has no
+    public test for it; without its private one, the answer is False: no options, the same fit."""
+    try:
+        from jax._src.core import trace_state_clean
+    except ImportError:
+        return False
+    return trace_state_clean()
+
+
 @functools.lru_cache(maxsize=64)
-def _jit_with(function, static):
-    return jax.jit(functools.partial(function, *static))
+def _jit_with(function, static, options):
+    return jax.jit(functools.partial(function, *static), compiler_options=dict(options) or None)
 
 
 @functools.cache
-def _filter_jit(function):
+def _filter_jit(function, options):
     def with_held_values(held, *dynamic):
         static = jax.tree.map(_value_if_held, held, is_leaf=lambda leaf: isinstance(leaf, _Held))
         return function(*static, *dynamic)
 
-    return eqx.filter_jit(with_held_values)
+    return eqx.filter_jit(with_held_values, compiler_options=dict(options) or None)
 
 
 class _Held(eqx.Module):

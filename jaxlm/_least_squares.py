@@ -119,7 +119,7 @@ def least_squares(
         bool(verbose),
         None if residual_chunk_size is None else int(residual_chunk_size),
     )
-    return call_compiled(_least_squares, static, (x0, args, f_scale, bounds), raises=throw)
+    return call_compiled(_least_squares, static, (x0, args, f_scale, bounds), raises=throw, single_fit=True)
 
 
 def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:

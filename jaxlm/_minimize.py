@@ -41,7 +41,7 @@ def minimize(
     """
     solver, adjoint = check_options(fun, args, solver, DampedNewton, max_steps, adjoint, trace)
     static = (fun, solver, int(max_steps), throw, adjoint, int(trace), bool(verbose))
-    return call_compiled(_minimize, static, (as_float_params(x0), args), raises=throw)
+    return call_compiled(_minimize, static, (as_float_params(x0), args), raises=throw, single_fit=True)
 
 
 def _minimize(fun, solver, max_steps, throw, adjoint, trace_steps, verbose, x0, args) -> Solution:

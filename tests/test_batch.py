@@ -235,12 +235,15 @@ def test_other_solvers_same_fits_as_vmap(solver):
 
 
 def test_compiler_options(monkeypatch):
-    """The batch driver compiles with XLA:CPU's own reductions where the installed jaxlib has the
-    option, and without options where it does not."""
+    """The batch driver compiles with XLA:CPU's own reductions, and a single fit called from
+    Python with XLA:CPU's older emitters, where the installed jaxlib has the option; without
+    options where it does not."""
     from jaxlm import _compiler_options
 
     options = _compiler_options.compiler_options()
     assert options in ({}, _compiler_options.CPU_BATCH_OPTIONS)
+    single_fit_options = _compiler_options.single_fit_compiler_options()
+    assert single_fit_options in ({}, _compiler_options.CPU_SINGLE_FIT_OPTIONS)
     if options:
 
         def gram(x):
@@ -249,11 +252,17 @@ def test_compiler_options(monkeypatch):
         gram = jax.jit(gram, compiler_options=options)
         x = np.arange(12.0).reshape(2, 3, 2)
         np.testing.assert_allclose(gram(x), np.einsum("bki,bkj->bij", x, x))
-    monkeypatch.setattr(_compiler_options, "CPU_BATCH_OPTIONS", {"xla_no_such_option_anywhere": "1"})
+    unknown = {"xla_no_such_option_anywhere": "1"}
+    monkeypatch.setattr(_compiler_options, "CPU_BATCH_OPTIONS", unknown)
+    monkeypatch.setattr(_compiler_options, "CPU_SINGLE_FIT_OPTIONS", unknown)
     _compiler_options.compiler_options.cache_clear()
+    _compiler_options.single_fit_compiler_options.cache_clear()
     try:
         assert _compiler_options.compiler_options() == {}
+        assert _compiler_options.single_fit_compiler_options() == {}
     finally:
         monkeypatch.undo()
         _compiler_options.compiler_options.cache_clear()
+        _compiler_options.single_fit_compiler_options.cache_clear()
     assert _compiler_options.compiler_options() == options
+    assert _compiler_options.single_fit_compiler_options() == single_fit_options

@@ -68,6 +68,34 @@ def test_eager_calls_with_arguments_that_cannot_be_compiled_in_the_fast_way():
         np.testing.assert_allclose(solution.params, expected, rtol=1e-12, err_msg=name)
 
 
+def test_an_eager_single_fit_compiles_with_the_single_fit_options(monkeypatch):
+    """Called from Python, one fit compiles with `single_fit_compiler_options()` (XLA:CPU's older
+    emitters, which compile small kernels faster); traced by a `jit` or `vmap` around it, it
+    takes the options of the outermost `jit` (none here)."""
+    from jaxlm import _dispatch
+
+    used = []
+    jit = jax.jit
+
+    def recording_jit(fun, **kwargs):
+        used.append(kwargs.get("compiler_options"))
+        return jit(fun, **kwargs)
+
+    monkeypatch.setattr(_dispatch.jax, "jit", recording_jit)
+    _dispatch._jit_with.cache_clear()
+    t, y = PROBLEMS["exponential_decay"].args
+    x0 = np.array([1.0, 0.5])
+    try:
+        eager = jaxlm.least_squares(traced_decay, x0, (t, y))
+        jax.vmap(lambda y: jaxlm.least_squares(traced_decay, x0, (t, y)))(jnp.stack([y, 2 * y]))
+    finally:
+        monkeypatch.undo()
+        _dispatch._jit_with.cache_clear()
+    expected = jaxlm._compiler_options.single_fit_compiler_options() or None
+    assert used == [expected, None]
+    np.testing.assert_allclose(eager.params, [2.5, 1.3], rtol=1e-10)
+
+
 def test_inside_user_jit_matches_eager_call():
     problem = PROBLEMS["exponential_decay"]
 

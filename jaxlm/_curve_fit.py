@@ -351,8 +351,8 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
         residual_chunk_size=chunk_size,
     )
     popt = solution.params
+    whitened = solution.residual.ravel()  # the (whitened) model residuals at popt
     if chunk_size is None:
-        whitened = residual(popt, *data).ravel()
         jacobian = jax.jacfwd(lambda p: residual(p, *data).ravel())(popt)
         if options.loss != "linear":
             jacobian = robust_jacobian_weights(whitened, options.loss, f_scale)[:, None] * jacobian
@@ -361,7 +361,6 @@ def _fit(options, xdata, ydata, weights, factor, p0, f_scale, box):
             return 0.5 * jnp.sum(robust_residual(residual(params, *data), options.loss, f_scale) ** 2)
 
     else:  # R of J = QR in place of J (the same singular values and right singular vectors)
-        whitened = solution.residual.ravel()  # evaluated by the solve, chunk by chunk
         chunks = chunked_residuals(residual, None, data, popt, ydata.shape, chunk_size)
         jacobian = _r_factor(chunks, popt, options.loss, f_scale)
         robust = with_loss(residual, options.loss, f_scale)

@@ -9,6 +9,10 @@ an array (a Python number in `args`, which `eqx.filter_jit` compiles in as a con
 goes through `eqx.filter_jit` instead, with the same result; there, a static value that cannot be
 hashed at all (a model object without `__hash__`, such as an instance of a non-frozen dataclass)
 is compared by identity.
+
+A call from Python is also the one place where jaxlm's `jit` is the outermost, the only one to
+which JAX passes compiler options: a single fit called this way compiles with
+`single_fit_compiler_options()`, which compile its small kernels faster (`_compiler_options.py`).
 """
 
 import functools

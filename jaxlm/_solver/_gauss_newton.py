@@ -65,8 +65,7 @@ class GaussNewton(AbstractSolver):
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> GaussNewtonState:
         problem.require_residuals("GaussNewton")
         cost, residual = problem.evaluate(x0)
-        jac = problem.jacobian(x0)
-        _, grad = problem.jtj_and_gradient(jac, residual)
+        jac, _, grad = problem.normal_equations(x0, residual)
         return GaussNewtonState(
             x=x0,
             residual=residual,

@@ -83,8 +83,7 @@ class HybridLMQN(AbstractSolver):
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> HybridState:
         problem.require_residuals("HybridLMQN")
         cost, residual = problem.evaluate(x0)
-        jac = problem.jacobian(x0)
-        jtj, grad = problem.jtj_and_gradient(jac, residual)
+        jac, jtj, grad = problem.normal_equations(x0, residual)
         dtype = x0.dtype
         largest = jnp.maximum(jnp.max(diagonal_of(jtj)), jnp.finfo(dtype).tiny)
         return HybridState(
@@ -123,8 +122,7 @@ class HybridLMQN(AbstractSolver):
 
         x_new = state.x + step
         cost_new, residual_new = problem.evaluate(x_new)
-        jac_new = problem.jacobian(x_new)
-        _, grad_new = problem.jtj_and_gradient(jac_new, residual_new)
+        jac_new, _, grad_new = problem.normal_equations(x_new, residual_new)
         finite = jnp.isfinite(cost_new) & jnp.all(jnp.isfinite(grad_new))
         grad_new_norm, grad_norm = jnp.max(jnp.abs(grad_new)), jnp.max(jnp.abs(grad))
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike, PyTree
 
+from ._dispatch import call_compiled
 from ._least_squares import least_squares
 from ._solution import Solution
 
@@ -27,10 +28,16 @@ def multistart(
         `(best, all_solutions)`: the converged solution with the lowest cost (or, if none
         converged, the one with the lowest finite cost), and the batch of all solutions.
 
-    It is one jitted, vmapped solve: the starts cost about as much as one when the batch fits
-    the machine, and a symmetric or unlucky start no longer decides the answer.
+    It is one jitted, vmapped solve, compiled once per `fun` and options (a later call with
+    new starts or data of the same shapes reuses it): the starts cost about as much as one when
+    the batch fits the machine, and a symmetric or unlucky start no longer decides the answer.
     """
-    solutions = jax.jit(jax.vmap(lambda x0: least_squares(fun, x0, args, **options)))(starts)
+    static = (fun, tuple(sorted(options.items())))
+    return call_compiled(_multistart, static, (starts, args), raises=bool(options.get("throw", False)))
+
+
+def _multistart(fun, options, starts, args) -> tuple[Solution, Solution]:
+    solutions = jax.vmap(lambda x0: least_squares(fun, x0, args, **dict(options)))(starts)
     finite_cost = jnp.where(jnp.isfinite(solutions.cost), solutions.cost, jnp.inf)
     converged_cost = jnp.where(solutions.success, finite_cost, jnp.inf)
     best_index = jnp.where(jnp.any(solutions.success), jnp.argmin(converged_cost), jnp.argmin(finite_cost))

@@ -4,6 +4,20 @@ import pytest
 # Accuracy is checked in float64; float32 tests pass float32 arrays explicitly.
 jax.config.update("jax_enable_x64", True)
 
+_BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: (
+        _BACKEND_COMPILES.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+)
+
+
+@pytest.fixture
+def backend_compiles():
+    """A function that returns how many programs XLA has compiled since the test began."""
+    start = len(_BACKEND_COMPILES)
+    return lambda: len(_BACKEND_COMPILES) - start
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_code():

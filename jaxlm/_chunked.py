@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 
 def split_data(args: tuple, num_rows: int) -> tuple[PyTree, PyTree]:
@@ -66,6 +66,24 @@ class ChunkedResiduals(eqx.Module):
     def _counted_before(self, index):
         """Which rows of chunk `index` an earlier chunk has counted (only in an overlapping last chunk)."""
         return self._start(index) + jnp.arange(self.size) < index * self.size
+
+    def rows_are_independent(self, x: Float[Array, " n"]) -> Bool[Array, ""]:
+        """Whether each data point's residuals depend on that point alone, as chunks require:
+        the rows that the first chunk shares with a chunk half a chunk further on must have the
+        same residuals in both (to √eps of the largest). A model that normalises by the data's
+        mean or takes a cumulative sum fails this. True for one chunk, which is all the data."""
+        if self.num_rows <= self.size:
+            return jnp.array(True)
+        shift = min(-(-self.size // 2), self.num_rows - self.size)
+        in_first = self.rows(x, 0)[shift:]
+        in_shifted = self.rows(x, shift)[: self.size - shift]
+        # One reduction over both (max |difference|, max |residual|), which XLA fuses with the
+        # evaluations: nothing of chunk size is stored.
+        largest_difference, largest = jnp.max(
+            jnp.abs(jnp.stack([in_first - in_shifted, in_first])).reshape(2, -1), axis=1
+        )
+        tolerance = jnp.sqrt(jnp.finfo(x.dtype).eps) * largest
+        return ~(largest_difference > tolerance)  # NaN: left to NONFINITE_START
 
     def chunk_residual(self, x: Float[Array, " n"], index: Int[Array, ""]) -> Float[Array, " c"]:
         """The residuals of chunk `index`, flat, with the rows counted by an earlier chunk set to 0."""

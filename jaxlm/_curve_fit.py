@@ -124,9 +124,10 @@ def curve_fit(
             (see `jaxlm.least_squares`). The points are the first axis of `ydata` (of one
             dataset); every array in `xdata` with the points along its first axis (or, as
             scipy's (k, M) `xdata`, along its last) is split with them, so `f` must compute
-            each point's value from that point's x alone. sigma must be standard deviations
-            (or weights), not a covariance matrix. The result is that of the plain fit, to
-            rounding. 10⁴–10⁵ is a good size.
+            each point's value from that point's x alone (a fit whose model couples the
+            points stops at the start with status `COUPLED_DATA_POINTS`). sigma must be
+            standard deviations (or weights), not a covariance matrix. The result is that of
+            the plain fit, to rounding. 10⁴–10⁵ is a good size.
 
     Returns:
         `(popt, pcov)`, with a leading batch axis for a batch; with `full_output`,

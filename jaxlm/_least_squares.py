@@ -84,9 +84,11 @@ def least_squares(
             every array in `args` whose leading axis has length m is split along it into
             chunks (x, y, weights, ...), and everything else in `args` is passed whole to every
             chunk. So `fun` must compute each data point's residuals from that point's rows
-            alone, and take its data from `args`, not from a closure. When residual_chunk_size does not
-            divide m, the last chunk is the last residual_chunk_size rows, with the rows already counted
-            masked out; a residual_chunk_size ≥ m makes one chunk. The solution equals that of the plain
+            alone, and take its data from `args`, not from a closure (a fit whose residuals
+            change with the other points of a chunk stops at the start with status
+            `COUPLED_DATA_POINTS`). When residual_chunk_size does not divide m, the last chunk
+            is the last residual_chunk_size rows, with the rows already counted masked out; a
+            residual_chunk_size ≥ m makes one chunk. The solution equals that of the plain
             solve to rounding, except where the normal equations are nearly singular: the
             fallback there, the SVD of J, becomes an eigendecomposition of JᵀJ, whose accuracy
             depends on cond(J)² instead of cond(J). 10⁴–10⁵ is a good size (and with fewer

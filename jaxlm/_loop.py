@@ -164,10 +164,15 @@ def _set_status(state, status):
 
 
 def first_state(solver: AbstractSolver, problem: Problem, x0: Array) -> PyTree:
-    """The solver's state at `x0`, with status `NONFINITE_START` if it is not finite there."""
+    """The solver's state at `x0`, with status `NONFINITE_START` if it is not finite there (and,
+    for residuals in chunks, `COUPLED_DATA_POINTS` if a data point's residuals depend on others)."""
     state = solver.init(problem, x0)
+    status = state.status
+    if problem.chunks is not None:
+        independent = problem.chunks.rows_are_independent(x0)
+        status = jnp.where(independent, status, Status.COUPLED_DATA_POINTS)
     start_is_finite = jnp.isfinite(state.cost) & jnp.all(jnp.isfinite(state.grad))
-    return _set_status(state, jnp.where(start_is_finite, state.status, Status.NONFINITE_START))
+    return _set_status(state, jnp.where(start_is_finite, status, Status.NONFINITE_START))
 
 
 def next_state(solver: AbstractSolver, problem: Problem, state: PyTree, num_steps, max_steps: int):

@@ -25,6 +25,7 @@ class Status(enum.IntEnum):
     NO_DESCENT = 6
     DERIVATIVE_REGULARISED = 7
     SINGULAR_HESSIAN = 8
+    COUPLED_DATA_POINTS = 9
 
     @property
     def message(self) -> str:
@@ -76,6 +77,13 @@ _MESSAGES = {
         "The Hessian is singular, so the Newton step is not defined: NewtonRaphson cannot go on "
         "from this point. Use DampedNewton or LevenbergMarquardt, which damp the step, or check "
         "that every parameter is identifiable."
+    ),
+    Status.COUPLED_DATA_POINTS: (
+        "With residual_chunk_size, the residuals of a data point changed with the other points "
+        "in its chunk: the model couples the data points (a mean or norm over the data, a "
+        "cumulative sum, a convolution), which a fit in chunks cannot reproduce. Compute such "
+        "quantities from all the data beforehand and pass them in (in args, or closed over as "
+        "constants), or drop residual_chunk_size."
     ),
 }
 

@@ -239,6 +239,53 @@ def test_data_in_a_closure_is_an_error():
         jaxlm.least_squares(lambda p, t: decay_and_peak(p, t, Y), START, (T,), residual_chunk_size=100)
 
 
+def centred(params, t, y):  # each residual minus the mean of all: couples the points
+    residual = decay_and_peak(params, t, y)
+    return residual - jnp.mean(residual)
+
+
+def normalised(params, t, y):  # divided by the data's spread
+    return decay_and_peak(params, t, y) / jnp.std(y)
+
+
+def cumulative(params, t, y):  # each residual sums those of the points before it
+    return jnp.cumsum(decay_and_peak(params, t, y)) / t.size
+
+
+@pytest.mark.parametrize("fun", [centred, normalised, cumulative])
+@pytest.mark.parametrize("residual_chunk_size", [256, T.size - 1])
+def test_a_model_that_couples_points_stops_at_the_start(fun, residual_chunk_size):
+    """Chunks would fit each chunk's mean, spread or sums instead of the data's (a wrong answer
+    that looked converged); the solve says so instead. One chunk holding all the points is fine."""
+    solution = jaxlm.least_squares(fun, START, (T, Y), residual_chunk_size=residual_chunk_size)
+    assert int(solution.status) == jaxlm.Status.COUPLED_DATA_POINTS
+    assert not bool(solution.success) and "couples the data points" in solution.message
+    np.testing.assert_array_equal(solution.params, START)
+    whole = jaxlm.least_squares(fun, START, (T, Y), residual_chunk_size=T.size)
+    assert_same_solution(whole, jaxlm.least_squares(fun, START, (T, Y)))
+
+
+def test_coupled_points_in_float32_and_in_a_batch():
+    t32, y32 = make_data(2000, jnp.float32)
+    solve = jax.vmap(
+        lambda fun_index, y: jax.lax.switch(
+            fun_index,
+            [
+                lambda y: jaxlm.least_squares(
+                    decay_and_peak, START.astype(jnp.float32), (t32, y), residual_chunk_size=256
+                ),
+                lambda y: jaxlm.least_squares(
+                    centred, START.astype(jnp.float32), (t32, y), residual_chunk_size=256
+                ),
+            ],
+            y,
+        )
+    )
+    solutions = solve(jnp.array([0, 1, 0]), jnp.stack([y32, y32, 1.1 * y32]))
+    np.testing.assert_array_equal(solutions.success, [True, False, True])
+    assert int(solutions.status[1]) == jaxlm.Status.COUPLED_DATA_POINTS
+
+
 # `curve_fit(residual_chunk_size=...)`: the fit and pcov (from R of J = QR, accumulated chunk by chunk).
 
 
@@ -387,3 +434,12 @@ def test_chunked_curve_fit_of_a_model_that_does_not_work_point_by_point_is_an_er
 
     with pytest.raises(ValueError, match="f must compute the model at each data point"):
         jaxlm.curve_fit(closed_over, T, Y, START, residual_chunk_size=100)
+
+    def centred_model(t, *params):  # evaluates point by point, but minus the mean over the points
+        model = decay_and_peak_model(t, *params)
+        return model - jnp.mean(model)
+
+    *_, message, status = jaxlm.curve_fit(
+        centred_model, T, Y, START, residual_chunk_size=256, full_output=True
+    )
+    assert int(status) == jaxlm.Status.COUPLED_DATA_POINTS and "couples the data points" in message

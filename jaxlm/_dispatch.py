@@ -33,22 +33,28 @@ def call_compiled(
     `eqx.filter_jit` is what turns that into a readable `EquinoxRuntimeError`. `single_fit`: the
     function solves one fit; called from Python (not traced by a `jit`, `vmap` or `grad`
     around it), it compiles with `single_fit_compiler_options()`."""
+    return compiled(function, static, dynamic, raises=raises, single_fit=single_fit)(*dynamic)
+
+
+def compiled(
+    function: Callable, static: tuple, dynamic: tuple, *, raises: bool = False, single_fit: bool = False
+) -> Callable:
+    """The compiled function that `call_compiled` calls with `*dynamic`. A caller that calls it
+    many times with the same static arguments, from the same place (see `called_from_python`),
+    can keep it and save the lookup."""
     leaves = jax.tree.leaves(dynamic)
     options = ()
-    if single_fit and _called_from_python():
+    if single_fit and called_from_python():
         options = tuple(single_fit_compiler_options().items())
-    compiled = None
     if not raises and all(eqx.is_array(leaf) for leaf in leaves):
         try:
-            compiled = _jit_with(function, static, options)
+            return _jit_with(function, static, options)
         except TypeError:  # a static argument cannot be hashed
             pass
-    if compiled is None:
-        return _filter_jit(function, options)(jax.tree.map(_held_unless_hashable, static), *dynamic)
-    return compiled(*dynamic)
+    return functools.partial(_filter_jit(function, options), jax.tree.map(_held_unless_hashable, static))
 
 
-def _called_from_python() -> bool:
+def called_from_python() -> bool:
     """Whether no `jit`, `vmap` or `grad` is tracing the caller: only then is the `jit` about to
     be called the outermost one, which alone may take compiler options. (The arguments do not
     tell: they can all be concrete while the residual function closes over a tracer.) JAX has no

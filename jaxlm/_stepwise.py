@@ -17,7 +17,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Int, PyTree
 
-from ._dispatch import call_compiled
+from ._dispatch import called_from_python, compiled
 from ._least_squares import as_float_params, build_problem, check_residuals
 from ._loop import AbstractSolver, Problem, first_state, next_state
 from ._solution import Solution, Status, make_solution
@@ -71,18 +71,25 @@ class Stepper:
         # They are called with every step, so the data is put on the device once, here.
         self._static = (fun, jac, self._solver, int(max_steps))
         self._data = jax.tree.map(_on_device, (self._x0, args))
+        self._compiled = {}
 
     def init(self, x0: PyTree[ArrayLike] | None = None) -> StepperState:
         """The state at `x0` (by default the `x0` given to the constructor)."""
         x0 = self._x0 if x0 is None else as_float_params(x0)
-        start = ravel_pytree(x0)[0]
-        solver_state = call_compiled(_first_state, self._static, (*self._data, start), single_fit=True)
+        solver_state = self._call(_first_state, (*self._data, ravel_pytree(x0)[0]))
         return StepperState(solver_state, jnp.array(0, jnp.int32))
 
     def step(self, state: StepperState) -> StepperState:
         """One solver step (accepted or rejected), with the driver's checks and max_steps."""
-        dynamic = (*self._data, state.solver_state, state.num_steps)
-        return StepperState(*call_compiled(_next_state, self._static, dynamic, single_fit=True))
+        return StepperState(*self._call(_next_state, (*self._data, state.solver_state, state.num_steps)))
+
+    def _call(self, function, dynamic):
+        # The compiled function is kept per instance (and per context: called from Python, it
+        # has the single-fit compiler options), which saves call_compiled's lookup on every step.
+        key = (function, called_from_python())
+        if key not in self._compiled:
+            self._compiled[key] = compiled(function, self._static, dynamic, single_fit=True)
+        return self._compiled[key](*dynamic)
 
     def terminate(self, state: StepperState) -> bool:
         """Whether the solve has stopped (converged or failed: see `solution(state).status`)."""

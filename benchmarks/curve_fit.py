@@ -1,4 +1,5 @@
-"""`jaxlm.curve_fit` against `scipy.optimize.curve_fit`: NIST standard deviations and batch speed.
+"""`jaxlm.curve_fit` against `scipy.optimize.curve_fit` (and NLSQ): NIST standard deviations, one
+call at three sizes, and batch speed.
 
 1. NIST StRD: for each of the 27 problems, fit from start 2 and compare √diag(pcov) with the
    certified standard deviations (matching digits, the worst parameter), for jaxlm and scipy.
@@ -10,10 +11,23 @@
    from Python (after the first call compiled), each result converted to a NumPy array before
    the next call, as a scipy loop gets it.
 
-    python benchmarks/curve_fit.py
+3. One call: y = a·e^(−bx) + c with 100, 10⁴ and 10⁶ points (σ = 0.05, float64), fitted from
+   (1, 1, 0) by `scipy.optimize.curve_fit`, `jaxlm.curve_fit` (called from Python, as a scipy
+   user calls it, plain and with `residual_chunk_size`), and NLSQ (`nlsq.curve_fit`, and a
+   `nlsq.CurveFit` object reused for every call) when it is installed, and `jaxlm.curve_fit`
+   inside the caller's `jax.jit` with the data already on the device: the best and the median
+   of `--repeats` calls after five (the first compiles), each result converted to NumPy, and
+   the largest difference of popt to scipy's in units of scipy's standard errors.
+
+    python benchmarks/curve_fit.py                    # all three tables
+    python benchmarks/curve_fit.py --tables single    # only the one-call table
+
+NLSQ 0.7.6 declares Python >= 3.12 but runs on 3.11: `pip install --no-deps
+--ignore-requires-python nlsq==0.7.6 && pip install psutil h5py xxhash pyyaml evosax optimistix`.
 """
 
 import argparse
+import logging
 import pathlib
 import sys
 import time
@@ -115,16 +129,95 @@ def batch_table(num_datasets, scipy_datasets, loop_datasets=1000):
     )
 
 
+def _timed(call, repeats, warmup=5):
+    """(best, median) seconds of `repeats` calls after `warmup` calls (the first compiles), and the
+    last result."""
+    for _ in range(warmup):
+        result = call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+    return min(times), float(np.median(times)), result
+
+
+def single_call_table(sizes, repeats, chunk_size=100_000):
+    try:
+        import nlsq
+
+        logging.getLogger("nlsq").setLevel(logging.ERROR)  # it logs every iteration otherwise
+    except ImportError:
+        nlsq = None
+        print("(NLSQ is not installed: its rows are left out)")
+    p0 = np.array([1.0, 1.0, 0.0])
+
+    def numpy_decay(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    print("| points | library | best ms | median ms | max |Δpopt| to scipy (σ) |")
+    print("|---|---|---|---|---|")
+    for size in sizes:
+        rng = np.random.default_rng(1)
+        x = np.linspace(0.0, 4.0, size)
+        y = 2.5 * np.exp(-1.3 * x) + 0.5 + 0.05 * rng.standard_normal(size)
+        best, median, (reference, reference_pcov) = _timed(
+            lambda x=x, y=y: scipy.optimize.curve_fit(numpy_decay, x, y, p0=p0), repeats
+        )
+        rows = [("scipy `curve_fit`", best, median, reference)]
+
+        def as_numpy(popt_pcov):
+            return tuple(np.asarray(a) for a in popt_pcov)
+
+        calls = {"jaxlm `curve_fit`": lambda x=x, y=y: as_numpy(jaxlm.curve_fit(decay, x, y, p0=p0))}
+        compiled = jax.jit(lambda x, y: jaxlm.curve_fit(decay, x, y, p0=p0))
+        x_device, y_device = jnp.asarray(x), jnp.asarray(y)
+        calls["jaxlm `curve_fit` in the caller's `jax.jit`, data on the device"] = (
+            lambda c=compiled, x=x_device, y=y_device: as_numpy(c(x, y))
+        )
+        chunk = min(chunk_size, size)
+        if size > chunk_size // 10:
+            calls[f"jaxlm `curve_fit(residual_chunk_size={chunk:.0e})`"] = lambda x=x, y=y, chunk=chunk: (
+                as_numpy(jaxlm.curve_fit(decay, x, y, p0=p0, residual_chunk_size=chunk))
+            )
+        if nlsq is not None:
+            fitter = nlsq.CurveFit()
+            calls["NLSQ `curve_fit`"] = lambda x=x, y=y: as_numpy(tuple(nlsq.curve_fit(decay, x, y, p0=p0)))
+            calls["NLSQ `CurveFit` (reused)"] = lambda x=x, y=y, fitter=fitter: as_numpy(
+                tuple(fitter.curve_fit(decay, x, y, p0=p0))
+            )
+        for name, call in calls.items():
+            best, median, (popt, _) = _timed(call, repeats)
+            rows.append((name, best, median, popt))
+        standard_errors = np.sqrt(np.diag(reference_pcov))
+        for name, best, median, popt in rows:
+            difference = np.max(np.abs(popt - reference) / standard_errors)
+            print(
+                f"| {size:,} | {name} | {1e3 * best:.3g} | {1e3 * median:.3g} | {difference:.1e} |",
+                flush=True,
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--tables", nargs="+", choices=["nist", "single", "batch"], default=["nist", "single", "batch"]
+    )
     parser.add_argument("--num-datasets", type=int, default=10_000)
     parser.add_argument("--scipy-datasets", type=int, default=1000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    nist_table()
-    print()
-    batch_table(args.num_datasets, args.scipy_datasets)
+    if "nist" in args.tables:
+        nist_table()
+        print()
+    if "single" in args.tables:
+        single_call_table(args.sizes, args.repeats)
+        print()
+    if "batch" in args.tables:
+        batch_table(args.num_datasets, args.scipy_datasets)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # `jaxlm.plot` imports matplotlib, so it is loaded on first use only.
-    if name == "plot":
-        import importlib
+    # `jaxlm.plot` imports matplotlib and `jaxlm.scipy` scipy.optimize, and `OptimizeWarning`
+    # subclasses scipy's: all are loaded on first use only (importing scipy.optimize takes 0.3 s).
+    import importlib
 
-        return importlib.import_module(".plot", __name__)
+    if name in ("plot", "scipy"):
+        return importlib.import_module(f".{name}", __name__)
+    if name == "OptimizeWarning":
+        return importlib.import_module("._failure", __name__).optimize_warning()
     raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")

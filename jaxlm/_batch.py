@@ -42,7 +42,7 @@ from tqdm import tqdm
 from ._compiler_options import compiler_options
 from ._least_squares import build_problem, check_loss_and_bounds, check_options, check_residuals, flat_bounds
 from ._loop import AbstractSolver, first_state, next_state
-from ._loss import Loss, with_loss
+from ._loss import Loss, with_loss, with_loss_jacobian
 from ._solution import Solution, Status, make_solution
 from ._solver import LevenbergMarquardt
 
@@ -191,7 +191,7 @@ class _BatchSolve(eqx.Module):
     solver: AbstractSolver
     template: PyTree  # one fit's parameters: the structure to unflatten into
     bounds: tuple | None
-    loss: str = eqx.field(static=True)
+    loss: Loss = eqx.field(static=True)
     f_scale: jax.Array
     residual_shape: tuple = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
@@ -199,8 +199,9 @@ class _BatchSolve(eqx.Module):
 
     def problem(self, args):
         fun = with_loss(self.fun, self.loss, self.f_scale)
+        jac = with_loss_jacobian(self.fun, self.jac, self.loss, self.f_scale)
         return build_problem(
-            fun, self.jac, args, self.template, self.residual_shape, self.bounds, elementwise_sums=True
+            fun, jac, args, self.template, self.residual_shape, self.bounds, elementwise_sums=True
         )
 
     def initial_states(self, starts, args):

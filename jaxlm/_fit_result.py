@@ -20,6 +20,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._curve_fit import curve_fit, parameter_names_from_signature, unpack
+from ._failure import reporting_off
 from ._solution import Solution, Status
 
 
@@ -204,7 +205,8 @@ def fit(
     """
     if options.get("full_output"):
         raise ValueError("fit always collects curve_fit's full output; do not pass full_output.")
-    popt, pcov, info, _, _ = curve_fit(f, xdata, ydata, p0, full_output=True, **options)
+    with reporting_off():  # a failed fit is reported in the result's status
+        popt, pcov, info, _, _ = curve_fit(f, xdata, ydata, p0, full_output=True, **options)
     num_params = popt.shape[-1]
     initial = jnp.broadcast_to(
         jnp.ones(num_params, popt.dtype) if p0 is None else jnp.asarray(p0, popt.dtype), popt.shape

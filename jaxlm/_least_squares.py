@@ -16,9 +16,10 @@ from ._chunked import ChunkedResiduals, chunk_of, split_data
 from ._dispatch import call_compiled
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
-from ._loss import Loss, check_loss, with_loss
+from ._loss import Loss, check_loss, with_loss, with_loss_jacobian
 from ._solution import Solution, make_solution
 from ._solver import LevenbergMarquardt, MatrixFreeLM
+from ._traceable import cannot_trace, untraceable_error
 
 
 def least_squares(
@@ -69,7 +70,8 @@ def least_squares(
             converged and failed, worst cost).
         loss: "linear" (least squares, the default) or a robust loss that limits the pull of
             outliers: "soft_l1", "huber", "cauchy" or "arctan", as defined by
-            `scipy.optimize.least_squares`; the cost is then ½·f_scale²·Σ ρ((rᵢ/f_scale)²).
+            `scipy.optimize.least_squares`, or scipy's callable `loss(z)` returning the (3, m)
+            array of ρ(z), ρ'(z), ρ''(z); the cost is then ½·f_scale²·Σ ρ((rᵢ/f_scale)²).
         f_scale: the residual size where a robust loss departs from least squares.
         bounds: box constraints `(lower, upper)` with lower ≤ params ≤ upper (LevenbergMarquardt
             only): each a scalar, a flat array of all parameters, or a pytree like `x0`; ±inf
@@ -127,12 +129,8 @@ def least_squares(
 def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:
     """The checks of a robust loss and of bounds (flat, or None) that `least_squares` and
     `least_squares_batch` share."""
+    del jac  # a Jacobian of the model works with every loss (see `with_loss_jacobian`)
     check_loss(loss, f_scale)
-    if loss != "linear" and jac is not None:
-        raise ValueError(
-            "jac with a robust loss is not supported: drop jac (JAX differentiates the model) or use "
-            "loss='linear'."
-        )
     if bounds is not None and not isinstance(solver, LevenbergMarquardt):
         raise ValueError(
             f"bounds are supported by LevenbergMarquardt only, not {type(solver).__name__}: use "
@@ -237,7 +235,10 @@ def check_box(lower, upper, start, name: str) -> bool:
     if np.any(np.isnan(lower)) or np.any(np.isnan(upper)) or np.any(lower > upper):
         raise ValueError("bounds must satisfy lower <= upper (and not be NaN) for every parameter.")
     if np.any(start < lower) or np.any(start > upper):
-        raise ValueError(f"{name} is outside the bounds: start from a point with lower <= {name} <= upper.")
+        raise ValueError(
+            f"Initial guess is outside of provided bounds: {name} is outside the bounds; start from a "
+            f"point with lower <= {name} <= upper."
+        )
     return bool(np.all(lower == -np.inf) and np.all(upper == np.inf))
 
 
@@ -258,8 +259,10 @@ def check_options(fun, args, solver, default_solver_type, max_steps, adjoint, tr
         )
     if not callable(fun):
         raise TypeError(f"fun must be callable as fun(params, *args), got {fun!r}.")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
+        raise ValueError(
+            f"max_steps must be an integer >= 0 (0 evaluates the start only), got {max_steps!r}."
+        )
     if isinstance(trace, bool) or not isinstance(trace, (int, np.integer)) or trace < 0:
         raise ValueError(
             f"trace must be a number of steps to record (an int >= 0; 0 records nothing), got {trace!r}."
@@ -319,7 +322,12 @@ def as_float_params(x0):
 def check_residuals(fun, x0, args) -> jax.ShapeDtypeStruct:
     """The shape and dtype of fun's residuals, with an error that says what to do if they are wrong."""
     dtype = ravel_pytree(x0)[0].dtype
-    out = jax.eval_shape(lambda p: fun(p, *args), x0)
+    try:
+        out = jax.eval_shape(lambda p: fun(p, *args), x0)
+    except Exception as error:
+        if cannot_trace(error):
+            raise untraceable_error("fun", error) from error
+        raise
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             f"fun must return one array of residuals, got {jax.tree.structure(out)}; "
@@ -401,6 +409,7 @@ def _least_squares(
     args,
     f_scale,
     bounds,
+    on_step=None,
 ) -> Solution:
     out = check_residuals(fun, x0, args)
     # With chunks, fun and jac are called on the arguments of one chunk.
@@ -410,6 +419,7 @@ def _least_squares(
     unravel = ravel_pytree(x0)[1]
     model_residual = fun
     fun = with_loss(model_residual, loss, f_scale)
+    jac = with_loss_jacobian(model_residual, jac, loss, f_scale)
     # Arrays that fun or jac close over (tracers of an outer jax.grad, say) become explicit
     # inputs, so that derivatives with respect to them flow through the adjoint like args.
     fun = eqx.filter_closure_convert(fun, x0, *example_args)
@@ -429,7 +439,9 @@ def _least_squares(
         fun, jac, args, x0, solver, bounds = inputs
         problem = build_problem(fun, jac, args, x0, out.shape, bounds, residual_chunk_size)
         x0 = problem.project(ravel_pytree(x0)[0])  # only a traced x0 can be outside: checked before
-        state, num_steps, trace = run(solver, problem, x0, max_steps, loop_kind, trace_steps, verbose)
+        state, num_steps, trace = run(
+            solver, problem, x0, max_steps, loop_kind, trace_steps, verbose, on_step
+        )
         # A chunked solve keeps no residuals in its state: they are evaluated once, at the end.
         residual = state.residual if problem.chunks is None else problem.chunks.residual(state.x)
         return state.x, residual, state.cost, state, num_steps, trace

@@ -27,6 +27,8 @@ from ._solution import Status
 from ._trace import StepInfo, StepKind, Trace, empty_trace, record
 
 ELEMENTWISE_MAX_RESIDUALS = 32
+BOUNDARY_STEP = 0.995  # θ: the fraction of the way to a bound that a step cut by the box goes
+SNAP_FRACTION = 0.01  # how close to a bound (relative to it and to the step) a step goes onto it
 
 
 class Problem(eqx.Module):
@@ -122,6 +124,27 @@ class Problem(eqx.Module):
         """x moved into the box (the identity without bounds)."""
         return x if not self.bounded else jnp.clip(x, self.lower, self.upper)
 
+    def step_into_box(self, x: Float[Array, " n"], step: Float[Array, " n"]) -> Float[Array, " n"]:
+        """x + step, cut at the box (the identity without bounds).
+
+        A coordinate whose step crosses a bound stops short of it, at x + θ·(bound − x) with
+        θ = 0.995, as scipy's trust-region reflective method does: landing on a bound where the
+        cost does not depend on the parameter to first order (one that enters squared, say)
+        would leave it there for good. It goes onto the bound when it is already within
+        √eps·(1 + |bound|) of it, or within `SNAP_FRACTION` of |bound| and of the step (a step
+        that overshoots by far a bound it has come close to): there the cost pushes against the
+        bound, and the parameter is pinned at it from the next step on (see `free_variables`)."""
+        if not self.bounded:
+            return x + step
+        trial = x + step
+        on_box = jnp.clip(trial, self.lower, self.upper)
+        distance = jnp.abs(on_box - x)
+        near = (distance <= jnp.sqrt(jnp.finfo(x.dtype).eps) * (1 + jnp.abs(on_box))) | (
+            (distance <= SNAP_FRACTION * jnp.abs(step)) & (distance <= SNAP_FRACTION * jnp.abs(on_box))
+        )
+        stopped_short = x + BOUNDARY_STEP * (on_box - x)
+        return jnp.where((on_box != trial) & ~near, stopped_short, on_box)
+
     def free_variables(self, x: Float[Array, " n"], grad: Float[Array, " n"]) -> Bool[Array, " n"]:
         """The parameters that may move: all but those at a bound that the gradient pushes
         against, and those fixed by lower = upper (the active set of projected Newton methods,
@@ -192,6 +215,7 @@ def run(
     loop_kind: str = "lax",
     trace_steps: int = 0,
     verbose: bool = False,
+    on_step: Callable[[PyTree, Int[Array, ""]], Bool[Array, ""]] | None = None,
 ) -> tuple[PyTree, Int[Array, ""], Trace | None]:
     """Solve from `x0`; returns the final solver state, the number of steps taken, and the trace.
 
@@ -199,7 +223,9 @@ def run(
     "bounded" (Equinox's bounded loop of `max_steps` iterations, which reverse mode can
     differentiate through: used by `UnrolledAdjoint`). With `trace_steps` > 0 the start and the
     first `trace_steps` steps are recorded in a `Trace` (with flat parameters); otherwise the
-    trace is None. With `verbose` every iteration prints a line (see `_log.py`).
+    trace is None. With `verbose` every iteration prints a line (see `_log.py`). `on_step(state,
+    num_steps)`, when given, is called after every step and returns whether to stop there (status
+    `STOPPED_BY_CALLBACK`): the hook for a user's callback. `max_steps` = 0 evaluates the start only.
     """
 
     def not_done(carry):
@@ -209,6 +235,9 @@ def run(
     def body(carry):
         state, num_steps, trace = carry
         state, num_steps = next_state(solver, problem, state, num_steps, max_steps)
+        if on_step is not None:
+            stop = on_step(state, num_steps) & (state.status == Status.RUNNING)
+            state = _set_status(state, jnp.where(stop, Status.STOPPED_BY_CALLBACK, state.status))
         if verbose:
             num_steps = log_iteration(num_steps, state, solver.step_info(state))
         if trace is not None:
@@ -216,6 +245,8 @@ def run(
         return state, num_steps, trace
 
     state = first_state(solver, problem, x0)
+    if max_steps == 0:
+        state = _set_status(state, jnp.where(state.status == Status.RUNNING, Status.MAX_STEPS, state.status))
     start = eqx.tree_at(lambda info: info.step_kind, solver.step_info(state), jnp.array(StepKind.START))
     num_steps = jnp.array(0, jnp.int32)
     if verbose:
@@ -224,6 +255,8 @@ def run(
     if trace_steps > 0:
         trace = record(empty_trace(trace_steps + 1, x0), jnp.array(0), state, start)
     init = (state, num_steps, trace)
+    if max_steps == 0:
+        return init
     if loop_kind == "lax":
         return lax.while_loop(not_done, body, init)
     return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)

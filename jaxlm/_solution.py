@@ -26,6 +26,7 @@ class Status(enum.IntEnum):
     DERIVATIVE_REGULARISED = 7
     SINGULAR_HESSIAN = 8
     COUPLED_DATA_POINTS = 9
+    STOPPED_BY_CALLBACK = 10
 
     @property
     def message(self) -> str:
@@ -84,6 +85,10 @@ _MESSAGES = {
         "cumulative sum, a convolution), which a fit in chunks cannot reproduce. Compute such "
         "quantities from all the data beforehand and pass them in (in args, or closed over as "
         "constants), or drop residual_chunk_size."
+    ),
+    Status.STOPPED_BY_CALLBACK: (
+        "Stopped by the callback (it raised StopIteration or returned True) before converging: "
+        "params is the last accepted point."
     ),
 }
 

@@ -60,16 +60,14 @@ class Stepper:
         jac: Callable[..., Any] | None = None,
         max_steps: int = 1000,
     ):
-        self._solver = LevenbergMarquardt() if solver is None else solver
+        solver = LevenbergMarquardt() if solver is None else solver
         self._x0 = as_float_params(x0)
-        self._args = args
-        self._max_steps = max_steps
         self._shape = check_residuals(fun, self._x0, args).shape
         self._unravel = ravel_pytree(self._x0)[1]
         # The compiled init and step take the data as arguments: every Stepper of the same
         # residual function, solver and shapes shares them (a Stepper per dataset compiles once).
         # They are called with every step, so the data is put on the device once, here.
-        self._static = (fun, jac, self._solver, int(max_steps))
+        self._static = (fun, jac, solver, int(max_steps), self._shape)
         self._data = jax.tree.map(_on_device, (self._x0, args))
         self._compiled = {}
 
@@ -109,16 +107,13 @@ def _on_device(leaf):
     return jax.device_put(leaf) if isinstance(leaf, np.ndarray) else leaf
 
 
-def _problem(fun, jac, x0, args) -> Problem:
-    return build_problem(fun, jac, args, x0, check_residuals(fun, x0, args).shape)
+def _first_state(fun, jac, solver, max_steps, residual_shape, x0, args, start):
+    return first_state(solver, build_problem(fun, jac, args, x0, residual_shape), start)
 
 
-def _first_state(fun, jac, solver, max_steps, x0, args, start):
-    return first_state(solver, _problem(fun, jac, x0, args), start)
-
-
-def _next_state(fun, jac, solver, max_steps, x0, args, solver_state, num_steps):
-    return next_state(solver, _problem(fun, jac, x0, args), solver_state, num_steps, max_steps)
+def _next_state(fun, jac, solver, max_steps, residual_shape, x0, args, solver_state, num_steps):
+    problem = build_problem(fun, jac, args, x0, residual_shape)
+    return next_state(solver, problem, solver_state, num_steps, max_steps)
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,21 @@ def _release_compiled_code():
     """
     yield
     jax.clear_caches()
+
+
+def pytest_configure(config):
+    # Marks that scipy's own tests use (test_scipy_conformance.py runs them).
+    config.addinivalue_line("markers", "fail_slow(seconds): scipy's mark for a slow test")
+    config.addinivalue_line("markers", "parallel_threads_limit(n): scipy's mark for thread-parallel runs")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests listed in their module's KNOWN_FAILURES ("Class::test" -> reason) are strict
+    expected failures: the reason is reported, and a test that starts to pass fails the run."""
+    for item in items:
+        known = getattr(item.module, "KNOWN_FAILURES", None)
+        if known is None:
+            continue
+        name = item.nodeid.split("::", 1)[1].split("[", 1)[0]
+        if name in known:
+            item.add_marker(pytest.mark.xfail(reason=known[name], strict=True))

@@ -87,8 +87,8 @@ ERRORS = {
     "no parameters": (lambda: jaxlm.least_squares(rosenbrock, {}), ValueError, "x0 has no parameters"),
     "complex parameters": (lambda: jaxlm.least_squares(rosenbrock, jnp.ones(2) * 1j), TypeError, "complex"),
     # Options.
-    "max_steps = 0": (
-        lambda: jaxlm.least_squares(rosenbrock, jnp.ones(2), max_steps=0),
+    "max_steps not a count": (
+        lambda: jaxlm.least_squares(rosenbrock, jnp.ones(2), max_steps=2.5),
         ValueError,
         "max_steps",
     ),
@@ -168,5 +168,9 @@ def test_more_parameters_than_residuals():
     np.testing.assert_allclose(solution.params, [0.0, 1.0], atol=1e-10)  # the nearest solution
     newton = jaxlm.least_squares(underdetermined, jnp.array([3.0, 4.0]), solver=jaxlm.NewtonRaphson())
     assert int(newton.status) == jaxlm.Status.SINGULAR_HESSIAN and "identifiable" in newton.message
-    _, pcov = jaxlm.curve_fit(lambda x, a, b, c: a + b * x + c * x**2, T[:2], Y[:2])
+    quadratic = lambda x, a, b, c: a + b * x + c * x**2
+    with pytest.raises(TypeError, match="must not exceed the number of data points"):  # as scipy's "lm"
+        jaxlm.curve_fit(quadratic, T[:2], Y[:2])
+    with pytest.warns(jaxlm.OptimizeWarning, match="could not be estimated"):
+        _, pcov = jaxlm.curve_fit(quadratic, T[:2], Y[:2], method="trf")
     assert np.all(np.isinf(pcov))

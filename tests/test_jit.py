@@ -82,7 +82,7 @@ def test_an_eager_single_fit_compiles_with_the_single_fit_options(monkeypatch):
         return jit(fun, **kwargs)
 
     monkeypatch.setattr(_dispatch.jax, "jit", recording_jit)
-    _dispatch._jit_with.cache_clear()
+    _dispatch.clear_compiled()
     t, y = PROBLEMS["exponential_decay"].args
     x0 = np.array([1.0, 0.5])
     try:
@@ -90,7 +90,7 @@ def test_an_eager_single_fit_compiles_with_the_single_fit_options(monkeypatch):
         jax.vmap(lambda y: jaxlm.least_squares(traced_decay, x0, (t, y)))(jnp.stack([y, 2 * y]))
     finally:
         monkeypatch.undo()
-        _dispatch._jit_with.cache_clear()
+        _dispatch.clear_compiled()
     expected = jaxlm._compiler_options.single_fit_compiler_options() or None
     assert used == [expected, None]
     np.testing.assert_allclose(eager.params, [2.5, 1.3], rtol=1e-10)

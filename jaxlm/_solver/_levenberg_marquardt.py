@@ -23,10 +23,16 @@ With `damping_rule="trust_region"` (J. J. Moré, "The Levenberg–Marquardt algo
 implementation and theory", Numerical Analysis, LNM 630, 1978) μ is not updated directly: a
 radius Δ bounds the scaled step, ‖Dh‖ ≤ Δ, and μ is the root of the secular equation
 ‖D h(μ)‖ = Δ (to 10%), found by Newton's method on 1/Δ − 1/‖D h(μ)‖ (μ ≈ 0 when the
-Gauss–Newton step is inside the region). Then Δ ← ½·min(Δ, ‖Dh‖) when ρ < 1/4 and
-Δ ← max(Δ, 2‖Dh‖) when ρ > 3/4; Δ₀ = 100·‖Dx₀‖, as in MINPACK.
+Gauss–Newton step is inside the region), and the step is then scaled onto the boundary,
+‖Dh‖ = Δ, where the solution of the trust-region problem lies (Nocedal & Wright, "Numerical
+Optimization", 2nd ed., Theorem 4.1). Then Δ ← ½·min(Δ, ‖Dh‖) when ρ < 1/4 and
+Δ ← max(Δ, 2‖Dh‖) when ρ > 3/4; Δ₀ = 100·‖Dx₀‖, as in MINPACK (`initial_radius`; scipy's
+trust-region reflective method starts from ‖Dx₀‖).
 
-A trial point whose residuals are not finite has ρ = NaN and is rejected like any other.
+A trial point whose residuals are not finite has ρ = NaN and is rejected like any other. With
+bounds, parameters that the cost pushes against a bound are held there, and the trial point is
+cut at the box (`Problem.step_into_box`); a cut step that the model does not expect to reduce
+the cost counts as rejected (ρ = −1).
 
 The method needs J only through JᵀJ and g = Jᵀr, so a chunked problem
 (`least_squares(residual_chunk_size=...)`) runs it unchanged on normal equations accumulated chunk by
@@ -65,6 +71,16 @@ class LevenbergMarquardtState(eqx.Module):
     num_jev: Int[Array, ""]
 
 
+def _as_scale(x_scale):
+    """x_scale as a tuple of positive floats (hashable, like the rest of the configuration)."""
+    if x_scale is None:
+        return None
+    values = tuple(float(v) for v in jnp.ravel(jnp.asarray(x_scale)).tolist())
+    if not all(v > 0 and v < float("inf") for v in values):
+        raise ValueError(f"x_scale must be positive and finite, got {x_scale!r}.")
+    return values
+
+
 class LevenbergMarquardt(AbstractSolver):
     """Levenberg–Marquardt, the default solver of `jaxlm.least_squares`.
 
@@ -82,10 +98,15 @@ class LevenbergMarquardt(AbstractSolver):
             (Moré's form: a radius Δ on ‖Dh‖ and μ solved for so that ‖Dh(μ)‖ ≈ Δ).
         scaled: damp with μ·D², D² the running maximum of diag(JᵀJ) (Marquardt's scaling, the
             default, which makes the method invariant to the units of each parameter), or
-            with μ·I when False.
+            with μ·I when False (μ·D², D = 1/x_scale, with `x_scale`).
+        x_scale: with `scaled=False`, the characteristic size of each parameter (scipy's
+            `x_scale`): D = 1/x_scale, a sequence of n positive numbers; None is all ones.
         initial_damping: τ in μ₀ = τ·max diag(JᵀJ) (unscaled), or μ₀ = τ (scaled, where the
             diagonal is already in D²). Nielsen suggests 1e-6 from a good start, 1e-3 or 1
             otherwise.
+        initial_radius: for `damping_rule="trust_region"`, the factor in Δ₀ = factor·‖Dx₀‖
+            (Δ₀ = factor when x₀ = 0): 100 as in MINPACK (scipy's `factor`), 1 as in scipy's
+            "trf".
         geodesic_acceleration: `None` (the default) for plain LM steps, or α > 0 to add
             geodesic acceleration (Transtrum & Sethna, "Improvements to the Levenberg–Marquardt
             algorithm for nonlinear least-squares minimization", arXiv:1201.5885, 2012): the step
@@ -116,6 +137,8 @@ class LevenbergMarquardt(AbstractSolver):
     scaled: bool = eqx.field(default=True, static=True)
     initial_damping: float = 1e-3
     geodesic_acceleration: float | None = eqx.field(default=None, static=True)
+    initial_radius: float = 100.0
+    x_scale: tuple[float, ...] | None = eqx.field(default=None, converter=_as_scale)
 
     def __check_init__(self):
         if self.damping_rule not in ("nielsen", "classic", "trust_region"):
@@ -125,6 +148,13 @@ class LevenbergMarquardt(AbstractSolver):
         check_tolerances(self)
         if not self.initial_damping > 0:
             raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
+        if not self.initial_radius > 0:
+            raise ValueError(f"initial_radius must be > 0, got {self.initial_radius}.")
+        if self.x_scale is not None and self.scaled:
+            raise ValueError(
+                "x_scale sets the scaling D = 1/x_scale, which replaces Marquardt's: pass scaled=False "
+                "with it."
+            )
 
     def init(self, problem: Problem, x0: Float[Array, " n"]) -> LevenbergMarquardtState:
         problem.require_residuals("LevenbergMarquardt")
@@ -136,10 +166,12 @@ class LevenbergMarquardt(AbstractSolver):
             scale = jnp.where(diagonal > 0, diagonal, 1)
             damping = jnp.asarray(self.initial_damping, x0.dtype)
         else:
-            scale = jnp.ones_like(x0)
+            scale = (
+                jnp.ones_like(x0) if self.x_scale is None else 1 / jnp.asarray(self.x_scale, x0.dtype) ** 2
+            )
             damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
         if self.damping_rule == "trust_region":
-            radius = _initial_radius(x0, scale)  # scale is 1 when unscaled
+            radius = _initial_radius(x0, scale, self.initial_radius)
         else:
             radius = jnp.asarray(jnp.inf, x0.dtype)
         return LevenbergMarquardtState(
@@ -178,8 +210,8 @@ class LevenbergMarquardt(AbstractSolver):
         unconstrained_state = state
         if problem.bounded:
             # Parameters pinned at a bound drop out of the model (their rows and columns of JᵀJ
-            # and their gradient become 0, so their step is 0); the trial point is projected
-            # into the box.
+            # and their gradient become 0, so their step is 0); the trial point is cut at the box
+            # (`Problem.step_into_box`).
             free = problem.free_variables(state.x, state.grad)
             state = dataclasses.replace(
                 state,
@@ -189,12 +221,28 @@ class LevenbergMarquardt(AbstractSolver):
             )
         mu, nu = state.damping, state.damping_growth
         if self.damping_rule == "trust_region":
-            mu = _trust_region_damping(state, mu)
+            mu, inside = _trust_region_damping(state, mu)
 
         damping_diagonal = mu * state.scale
         velocity = solve_damped_normal_equations(
             state.jtj, state.grad, mu, state.scale, state.jac, state.residual
         )
+        # The reduction predicted by the damped model for the LM step v, L(0) − L(v) = ½vᵀ(μD²v − g) > 0
+        # (with geodesic acceleration too, as Transtrum & Sethna do), so ρ > 0 means the cost went down.
+        predicted_reduction = 0.5 * jnp.dot(velocity, damping_diagonal * velocity - state.grad)
+        if self.damping_rule == "trust_region":  # onto the boundary ‖Dh‖ = Δ, unless v is inside
+            scaled_velocity = jnp.linalg.norm(jnp.sqrt(state.scale) * velocity)
+            factor = jnp.where(inside, 1, state.radius / jnp.where(scaled_velocity > 0, scaled_velocity, 1))
+            # With g = −(JᵀJ + μD²)v: L(0) − L(sv) = s(1 − s/2)(−gᵀv) + ½s²μ‖Dv‖², a sum of positive
+            # terms, which s = 1 turns into the formula above.
+            predicted_reduction = factor * (1 - factor / 2) * -jnp.dot(state.grad, velocity) + (
+                0.5 * factor**2 * jnp.dot(velocity, damping_diagonal * velocity)
+            )
+            velocity = jnp.where(
+                inside,
+                velocity,
+                state.radius * (velocity / jnp.where(scaled_velocity > 0, scaled_velocity, 1)),
+            )
         if self.geodesic_acceleration is None:
             step, acceleration_ok = velocity, True
         else:
@@ -212,15 +260,14 @@ class LevenbergMarquardt(AbstractSolver):
             acceleration_ok = 2 * jnp.linalg.norm(weight * acceleration) <= (
                 self.geodesic_acceleration * jnp.linalg.norm(weight * velocity)
             )
-        x_trial = problem.project(state.x + step)
+        x_trial = problem.step_into_box(state.x, step)
         cost_trial, residual_trial = problem.evaluate(x_trial)
 
         actual_reduction = state.cost - cost_trial
-        # The reduction predicted by the damped model for the LM step v, L(0) − L(v) = ½vᵀ(μD²v − g) > 0
-        # (with geodesic acceleration too, as Transtrum & Sethna do), so ρ > 0 means the cost went down.
-        predicted_reduction = 0.5 * jnp.dot(velocity, damping_diagonal * velocity - state.grad)
+        stopped_short = False
         if problem.bounded:  # for a step s cut by the box: L(0) − L(s) = −gᵀs − ½sᵀJᵀJs
             projected = jnp.any(x_trial != state.x + step)
+            stopped_short = jnp.any(x_trial != problem.project(state.x + step))
             step = x_trial - state.x
             predicted_reduction = jnp.where(
                 projected,
@@ -228,7 +275,11 @@ class LevenbergMarquardt(AbstractSolver):
                 predicted_reduction,
             )
         state = unconstrained_state
-        gain_ratio = actual_reduction / predicted_reduction
+        # A step cut by the box can leave the model expecting no reduction at all (the cut changes
+        # its direction); it fails like a step that went uphill: ρ = −1, so the damping grows (or
+        # the radius shrinks) towards the gradient direction, which the box cannot spoil.
+        expected = predicted_reduction > 0
+        gain_ratio = jnp.where(expected, actual_reduction / jnp.where(expected, predicted_reduction, 1), -1)
         accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
 
         radius = state.radius
@@ -269,9 +320,9 @@ class LevenbergMarquardt(AbstractSolver):
             residual = jac = None
         scale = jnp.maximum(state.scale, diagonal_of(jtj)) if self.scaled else state.scale
 
-        # With Marquardt scaling the norms are taken in the scaled variables D·x, as MINPACK does, so
-        # that a parameter of large magnitude cannot hide the steps of the others.
-        weight = jnp.sqrt(scale) if self.scaled else 1
+        # The norms are taken in the scaled variables D·x, as MINPACK does, so that a parameter of
+        # large magnitude cannot hide the steps of the others.
+        weight = jnp.sqrt(scale)
         step_norm = jnp.linalg.norm(weight * step)
         diverged = ~jnp.isfinite(mu)
         if self.damping_rule == "trust_region":
@@ -286,8 +337,11 @@ class LevenbergMarquardt(AbstractSolver):
             predicted_reduction=predicted_reduction,
             gain_ratio=gain_ratio,
             diverged=diverged,
-            # A step refused for its curvature says nothing about convergence, only one refused for its cost.
-            xtol_applies=acceleration_ok,
+            # A step refused for its curvature says nothing about convergence, only one refused for its cost,
+            # and one whose model expected no reduction (cut by the box) says nothing about the cost.
+            # A step that stopped short of a bound is short because of the box, not of convergence.
+            xtol_applies=acceleration_ok & ~stopped_short,
+            ftol_applies=predicted_reduction > 0,
         )
 
         return LevenbergMarquardtState(
@@ -309,10 +363,10 @@ class LevenbergMarquardt(AbstractSolver):
         )
 
 
-def _initial_radius(x0, scale):
-    """Δ₀ = 100·‖D x₀‖, or 100 when x₀ = 0 (MINPACK's factor)."""
+def _initial_radius(x0, scale, factor):
+    """Δ₀ = factor·‖D x₀‖, or factor when x₀ = 0 (MINPACK's factor, 100)."""
     norm = jnp.linalg.norm(jnp.sqrt(scale) * x0)
-    return jnp.where(norm > 0, 100 * norm, 100).astype(x0.dtype)
+    return jnp.where(norm > 0, factor * norm, factor).astype(x0.dtype)
 
 
 SECULAR_ITERATIONS = 10
@@ -320,7 +374,8 @@ SECULAR_TOLERANCE = 0.1
 
 
 def _trust_region_damping(state, mu_start):
-    """μ ≥ 0 with ‖D h(μ)‖ ≈ Δ, h(μ) = −(JᵀJ + μD²)⁻¹g (Moré 1978; Nocedal & Wright, Algorithm 4.3).
+    """(μ ≥ 0 with ‖D h(μ)‖ ≈ Δ, h(μ) = −(JᵀJ + μD²)⁻¹g, and whether the Gauss–Newton step is inside
+    the region, so that μ ≈ 0) (Moré 1978; Nocedal & Wright, Algorithm 4.3).
 
     Newton's method on φ(μ) = 1/Δ − 1/‖Dh(μ)‖, which is nearly linear in μ,
     μ ← μ + (‖Dh‖/Δ − 1)·‖Dh‖²/(D²h)ᵀ(JᵀJ + μD²)⁻¹(D²h), safeguarded as Moré does: μ stays in a
@@ -353,4 +408,6 @@ def _trust_region_damping(state, mu_start):
 
     start = jnp.where((mu_start > gauss_newton_mu) & (mu_start < upper), mu_start, 1e-3 * upper)
     mu, _, _ = lax.fori_loop(0, SECULAR_ITERATIONS, newton, (start, gauss_newton_mu, upper))
-    return jnp.where(gauss_newton_fits, gauss_newton_mu, mu).astype(state.x.dtype)
+    # Inside the region the step is the Gauss–Newton step itself (μ = 0, as in MINPACK; the solve's
+    # fallback takes care of a singular JᵀJ).
+    return jnp.where(gauss_newton_fits, 0, mu).astype(state.x.dtype), gauss_newton_fits

@@ -16,11 +16,13 @@ call at three sizes, and batch speed.
    user calls it, plain and with `residual_chunk_size`), and NLSQ (`nlsq.curve_fit`, and a
    `nlsq.CurveFit` object reused for every call) when it is installed, and `jaxlm.curve_fit`
    inside the caller's `jax.jit` with the data already on the device: the best and the median
-   of `--repeats` calls after five (the first compiles), each result converted to NumPy, and
+   of at least `--repeats` calls (more, up to 500, while they take under a second) after
+   five (the first compiles), each result converted to NumPy, and
    the largest difference of popt to scipy's in units of scipy's standard errors.
 
     python benchmarks/curve_fit.py                    # all three tables
     python benchmarks/curve_fit.py --tables single    # only the one-call table
+    python benchmarks/curve_fit.py --tables single --sync-dispatch   # JAX's CPU work in the calling thread
 
 NLSQ 0.7.6 declares Python >= 3.12 but runs on 3.11: `pip install --no-deps
 --ignore-requires-python nlsq==0.7.6 && pip install psutil h5py xxhash pyyaml evosax optimistix`.
@@ -129,13 +131,14 @@ def batch_table(num_datasets, scipy_datasets, loop_datasets=1000):
     )
 
 
-def _timed(call, repeats, warmup=5):
-    """(best, median) seconds of `repeats` calls after `warmup` calls (the first compiles), and the
+def _timed(call, repeats, warmup=5, budget=1.0, most=500):
+    """(best, median) seconds of at least `repeats` calls after `warmup` calls (the first
+    compiles), more while they take less than `budget` seconds in all (at most `most`), and the
     last result."""
     for _ in range(warmup):
         result = call()
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < budget and len(times) < most):
         start = time.perf_counter()
         result = call()
         times.append(time.perf_counter() - start)
@@ -208,8 +211,15 @@ def main():
     parser.add_argument("--num-datasets", type=int, default=10_000)
     parser.add_argument("--scipy-datasets", type=int, default=1000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10_000, 1_000_000])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument(
+        "--sync-dispatch",
+        action="store_true",
+        help="run JAX's CPU computations in the calling thread (jax_cpu_enable_async_dispatch=False)",
+    )
     args = parser.parse_args()
+    if args.sync_dispatch:  # before the first computation, which creates the CPU client
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     if "nist" in args.tables:
         nist_table()
         print()

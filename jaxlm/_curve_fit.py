@@ -231,7 +231,10 @@ def curve_fit(
             xdata = np.asarray(xdata)
         except ValueError:  # ragged: leave it a list of arrays
             pass
-    xdata = jax.tree.map(lambda leaf: _as_float(leaf, dtype), xdata)
+    if type(xdata) is np.ndarray:  # the common case, without the cost of a tree map
+        xdata = _as_float(xdata, dtype)
+    else:
+        xdata = jax.tree.map(lambda leaf: _as_float(leaf, dtype), xdata)
     num_params = _num_params(f, p0)
     if kwargs:
         scipy_options.check_x_scale(kwargs.get("x_scale"), num_params)
@@ -243,7 +246,7 @@ def curve_fit(
     minpack_codes = method == "lm" or (method is None and not bounded)
     if p0 is None:
         p0 = _feasible_start(lower, upper, num_params, dtype)
-    else:
+    elif not (type(p0) is np.ndarray and p0.dtype == dtype and p0.ndim >= 1):
         p0 = _real(as_array(p0, None), "p0")
         p0 = as_array(np.atleast_1d(p0) if not isinstance(p0, jax.Array) else jnp.atleast_1d(p0), dtype)
 
@@ -276,7 +279,7 @@ def curve_fit(
         check_finite = nan_policy is None
     if check_finite or nan_policy == "raise":
         for name, value in (("ydata", ydata), *(("xdata", leaf) for leaf in jax.tree.leaves(xdata))):
-            if not isinstance(value, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(value))):
+            if not _all_finite(value):
                 prefix = "The input contains nan values: " if nan_policy == "raise" else ""
                 raise ValueError(
                     f"{prefix}{name} contains NaN or inf: remove those points, or pass nan_policy='omit' "
@@ -772,7 +775,17 @@ def _finite_points(xdata, model_shape):
 
 def _as_float(leaf, dtype):
     leaf = as_array(leaf)
+    if type(leaf) is np.ndarray:
+        floating = leaf.dtype.kind == "f" or jnp.issubdtype(leaf.dtype, jnp.floating)
+        return leaf.astype(dtype, copy=False) if floating else leaf
     return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+
+def _all_finite(value) -> bool:
+    """Whether concrete data hold no NaN or inf (True for traced data, which cannot be looked at)."""
+    if type(value) is np.ndarray:
+        return bool(np.isfinite(value).all())
+    return isinstance(value, jax.core.Tracer) or bool(np.all(np.isfinite(np.asarray(value))))
 
 
 def _num_params(f, p0) -> int:

@@ -68,11 +68,13 @@ def called_from_python() -> bool:
     be called the outermost one, which alone may take compiler options. (The arguments do not
     tell: they can all be concrete while the residual function closes over a tracer.) JAX has no
     public test for it; without its private one, the answer is False: no options, the same fit."""
-    try:
-        from jax._src.core import trace_state_clean
-    except ImportError:
-        return False
-    return trace_state_clean()
+    return _trace_state_clean is not None and _trace_state_clean()
+
+
+try:
+    from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:  # pragma: no cover - a JAX without it: never called from Python
+    _trace_state_clean = None
 
 
 # The compiled functions by the identities of their static arguments: comparing and hashing
@@ -90,7 +92,7 @@ def _identities(value):
     if type(value) in _PLAIN:
         return value
     if isinstance(value, tuple):
-        return tuple(map(_identities, value))
+        return tuple([item if type(item) in _PLAIN else _identities(item) for item in value])
     return id(value)
 
 

@@ -140,7 +140,9 @@ def curve_fit(
             as in scipy, or along its first when only that one matches). "propagate" is an
             error, as in scipy: a fit to NaN data cannot succeed.
         mask: booleans of the shape of `ydata`: False leaves a point out (datasets of different
-            lengths in one batch).
+            lengths in one batch). A fit left with no point, or (for method "lm", and None
+            without bounds, as scipy's check) with fewer points than varied parameters, fails
+            with status `TOO_FEW_POINTS`, whichever way its points were left out.
         weights: instead of sigma, lmfit's weights wᵢ = 1/σᵢ that multiply the residuals
             (0 leaves a point out); pcov is scaled by the reduced χ² unless absolute_sigma.
         fixed: booleans of length n: True holds that parameter at its value in p0 (lmfit's
@@ -533,6 +535,17 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
         free,
         pseudo_inverse=not options.minpack_codes,
     )
+    # Points left out can leave a fit with nothing to determine its parameters: that is a failure,
+    # as scipy's error for it ("must not exceed the number of data points") is, not a fit at p0.
+    too_few = num_points == 0
+    if options.minpack_codes and whitened.size != 1:
+        too_few = too_few | (num_points < jnp.sum(free))
+    if keep is not None or weights is not None:
+        solution = eqx.tree_at(
+            lambda s: (s.status, s.success),
+            solution,
+            (jnp.where(too_few, Status.TOO_FEW_POINTS, solution.status), solution.success & ~too_few),
+        )
     pcov = jnp.where(solution.success, pcov, jnp.nan)  # a failed fit has no covariance
     codes = scipy_options.MINPACK_CODES if options.minpack_codes else scipy_options.LEAST_SQUARES_CODES
     code = jnp.asarray(codes)[solution.status + scipy_options.STATUS_OFFSET]

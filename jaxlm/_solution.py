@@ -27,6 +27,7 @@ class Status(enum.IntEnum):
     SINGULAR_HESSIAN = 8
     COUPLED_DATA_POINTS = 9
     STOPPED_BY_CALLBACK = 10
+    TOO_FEW_POINTS = 11
 
     @property
     def message(self) -> str:
@@ -89,6 +90,13 @@ _MESSAGES = {
     Status.STOPPED_BY_CALLBACK: (
         "Stopped by the callback (it raised StopIteration or returned True) before converging: "
         "params is the last accepted point."
+    ),
+    Status.TOO_FEW_POINTS: (
+        "Too few data points remained to determine the parameters (none, or, for scipy's method "
+        "'lm' and curve_fit's default without bounds, fewer than the parameters varied) once the "
+        "points left out were taken away (mask=False, weight 0, sigma=inf, or NaN with "
+        "nan_policy='omit'): params is where the solve stopped, which the data do not determine. "
+        "Check that dataset's data, or hold parameters with fixed=."
     ),
 }
 

@@ -216,6 +216,31 @@ def test_datasets_of_different_lengths_through_a_mask():
     np.testing.assert_allclose(pcov_weights, pcov_sigma, rtol=1e-9)
 
 
+def test_a_fit_with_too_few_points_left_fails():
+    # All points left out, or all but two for three parameters: scipy raises ("must not exceed the
+    # number of data points"). jaxlm raises for one fit called from Python and gives each fit of a
+    # batch the status TOO_FEW_POINTS, instead of a fit at (or near) p0 called converged.
+    good = _data(decay, (2.5, 1.3, 0.5))
+    all_nan = np.full(X.size, np.nan)
+    two_left = good.copy()
+    two_left[2:] = np.nan
+    p0 = np.array([1.0, 1.0, 0.0])
+    for y in (all_nan, two_left):
+        with pytest.raises(RuntimeError, match="TOO_FEW_POINTS: Too few data points"):
+            jaxlm.curve_fit(decay, X, y, p0=p0, nan_policy="omit")
+    with pytest.raises(RuntimeError, match="TOO_FEW_POINTS"):
+        jaxlm.curve_fit(decay, X, good, p0=p0, mask=np.arange(X.size) < 2)
+    with pytest.raises(RuntimeError, match="TOO_FEW_POINTS"):
+        jaxlm.curve_fit(decay, X, good, p0=p0, sigma=np.full(X.size, np.inf))
+    ys = np.stack([good, all_nan, two_left])
+    with pytest.warns(jaxlm.OptimizeWarning, match="2 of 3 fits did not converge"):
+        _, pcov, info, _, code = jaxlm.curve_fit(decay, X, ys, p0=p0, nan_policy="omit", full_output=True)
+    assert np.asarray(info["success"]).tolist() == [True, False, False]
+    assert np.asarray(info["status"])[1:].tolist() == [jaxlm.Status.TOO_FEW_POINTS] * 2
+    assert np.asarray(code)[1:].tolist() == [0, 0]  # MINPACK's "improper input"
+    assert np.all(np.isfinite(pcov[0])) and np.all(np.isnan(pcov[1:]))
+
+
 def test_weights_are_one_over_sigma():
     y = _data(decay, (2.5, 1.3, 0.5))
     with_sigma = jaxlm.curve_fit(decay, X, y, p0=[1.0, 1.0, 0.0], sigma=SIGMA_1D)

@@ -167,13 +167,14 @@ def curve_fit(
             the plain fit, to rounding. 10⁴–10⁵ is a good size.
         **kwargs: scipy's options for `leastsq` and `least_squares`: `ftol`, `xtol`, `gtol`
             (the solver's tolerances; None turns a test off), `maxfev`/`max_nfev` (see
-            max_steps), `col_deriv` (jac returns the transpose), and, checked as scipy checks
-            them but without effect, `x_scale` and `diag` (jaxlm's LM scales by diag(JᵀJ), so
-            its steps do not depend on the parameters' units: scipy's x_scale="jac"),
-            `diff_step`, `epsfcn` and `factor` (the derivatives are exact), `tr_solver` and
-            `tr_options` (the normal equations are solved directly), `jac_sparsity` and
-            `workers`. Without jaxlm's own `ftol`/`xtol`/`gtol`, the solver's defaults hold,
-            which are tighter than scipy's (1e-12 in float64).
+            max_steps), `col_deriv` (jac returns the transpose), `x_scale` ("jac": damping
+            scaled by diag(JᵀJ), the default for methods None and "lm"; an array: by
+            1/x_scale²) and leastsq's `diag` (= 1/x_scale), `factor` (the initial trust radius
+            of "lm", factor·‖Dx₀‖), and, checked as scipy checks them but without effect,
+            `diff_step` and `epsfcn` (the derivatives are exact), `tr_solver` and `tr_options`
+            (the normal equations are solved directly), `jac_sparsity` and `workers`. Without
+            jaxlm's own `ftol`/`xtol`/`gtol`, the solver's defaults hold, which are tighter than
+            scipy's (1e-12 in float64).
 
     Returns:
         `(popt, pcov)`, with a leading batch axis for a batch (called from Python, one fit's are

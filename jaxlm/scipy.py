@@ -17,9 +17,9 @@ with jax.numpy is compiled and differentiated exactly: then `jac="2-point"`, `"3
 arrays, calls SciPy, keeps state) is called on the host with NumPy arrays through
 `jax.pure_callback`, and its Jacobian is the user's `jac` (dense, sparse or a `LinearOperator`,
 made dense) or scipy's finite differences; the loop stays jaxlm's. Other differences from scipy:
-`x_scale` is checked but has no effect (jaxlm's LM scales by diag(JᵀJ), which makes its steps
-independent of the parameters' units: scipy's `x_scale="jac"`), `tr_solver` and `tr_options`
-are checked but the normal equations are always solved directly, `max_nfev=None` means 1000
+`x_scale` scales the damping as scipy's scales the trust region ("jac": by diag(JᵀJ); an array:
+D = 1/x_scale; "trf" and "dogbox" are unscaled by default, as in scipy), `tr_solver` and
+`tr_options` are checked but the normal equations are always solved directly, `max_nfev=None` means 1000
 steps, `nfev` counts the evaluations of the loop (not the Jacobian's finite differences), and a
 function object that counts its own calls sees the calls of JAX's tracing, not of the loop.
 """
@@ -93,8 +93,10 @@ def least_squares(
         ftol, xtol, gtol: the solver's tests: the relative reduction of the cost, the relative
             step and ‖g‖∞ (None turns a test off; at least one must be above machine epsilon,
             all of them for "lm").
-        x_scale, diff_step, tr_solver, tr_options, jac_sparsity, workers: checked as scipy
-            checks them (see the module docstring for what they do here).
+        x_scale: "jac" or the characteristic size of each parameter (scales the damping; see
+            the module docstring).
+        diff_step, tr_solver, tr_options, jac_sparsity, workers: checked as scipy checks them
+            (see the module docstring for what they do here).
         loss, f_scale: "linear", "soft_l1", "huber", "cauchy", "arctan" or a callable
             `loss(z)` returning the (3, m) array ρ, ρ', ρ''; "lm" takes "linear" only.
         max_nfev: the most evaluations of `fun` (None: 1000 steps).

@@ -1,4 +1,5 @@
-"""The 27 NIST StRD nonlinear regression problems, read from `shared/data/nist_strd/`.
+"""The 27 NIST StRD nonlinear regression problems, read from `tests/data/nist_strd/` (NIST's
+files, public domain, copied into the repository so that a clone runs its tests).
 
 Data, starting points and certified values come from the files themselves; the models below are
 the formulas printed in each file, written in jax.numpy (`Nelson` fits log y).
@@ -13,9 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DATA_DIR = pathlib.Path(
-    os.environ.get(
-        "JAXLM_NIST_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "nist_strd"
-    )
+    os.environ.get("JAXLM_NIST_DIR", pathlib.Path(__file__).resolve().parent / "data" / "nist_strd")
 )
 
 

@@ -47,7 +47,7 @@ from jaxtyping import Array, ArrayLike
 
 from . import _scipy_options as scipy_options
 from ._chunked import ChunkedResiduals, chunk_of, split_data
-from ._dispatch import call_compiled, called_from_python
+from ._dispatch import EAGER_PLANS as _EAGER_PLANS, called_from_python, compiled
 from ._failure import raise_if_failed, reporting, warn_batch_failures, warn_covariance
 from ._implicit import AbstractAdjoint
 from ._least_squares import (
@@ -65,6 +65,8 @@ from ._solution import Status
 from ._solver import LevenbergMarquardt
 from ._traceable import cannot_trace, untraceable_error
 
+_NO_BOUNDS = (-np.inf, np.inf)  # scipy's default bounds, one object: a call without bounds passes this one
+
 
 def curve_fit(
     f: Callable[..., ArrayLike],
@@ -74,7 +76,7 @@ def curve_fit(
     sigma: ArrayLike | None = None,
     absolute_sigma: bool = False,
     check_finite: bool | None = None,
-    bounds=(-np.inf, np.inf),
+    bounds=_NO_BOUNDS,
     method: str | None = None,
     jac: Callable[..., ArrayLike] | str | None = None,
     *,
@@ -201,6 +203,17 @@ def curve_fit(
     counts. Under tracing failure is the per-fit status only (so one bad fit never stops a
     compiled batch). `jaxlm.fit` never raises for a failed fit: its result has the status.
     """
+    eager_key = None
+    if not (kwargs or full_output or mask is not None or weights is not None or fixed is not None):
+        eager_key = _eager_key(
+            f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy,
+            loss, f_scale, solver, max_steps, verbose, residual_chunk_size,
+        )  # fmt: skip
+        plan = _EAGER_PLANS.get(eager_key) if eager_key is not None else None
+        if plan is not None and called_from_python():
+            outputs = _eager_fit(plan, xdata, ydata, p0, sigma, check_finite)
+            if outputs is not None:
+                return outputs
     scipy_options.check_method(method)
     scipy_options.check_unknown(kwargs, scipy_options.CURVE_FIT_OPTIONS, "curve_fit")
     if nan_policy == "propagate":
@@ -278,16 +291,7 @@ def curve_fit(
             f"points={num_points}: fix some parameters (fixed=), or add data."
         )
 
-    if check_finite is None:
-        check_finite = nan_policy is None
-    if check_finite or nan_policy == "raise":
-        for name, value in (("ydata", ydata), *(("xdata", leaf) for leaf in jax.tree.leaves(xdata))):
-            if not _all_finite(value):
-                prefix = "The input contains nan values: " if nan_policy == "raise" else ""
-                raise ValueError(
-                    f"{prefix}{name} contains NaN or inf: remove those points, or pass nan_policy='omit' "
-                    "to leave them out of the fit."
-                )
+    _check_finite(xdata, ydata, check_finite, nan_policy)
 
     if weights is not None:
         if sigma is not None:
@@ -365,12 +369,14 @@ def curve_fit(
     # Called from Python, one fit comes back as one array, popt, pcov and the outcome together, and
     # popt and pcov are NumPy arrays, as scipy's: the outcome must be looked at before returning.
     packed = called_eagerly and batch is None and not full_output
-    popt, pcov, outcome, extras = call_compiled(
-        _fit_outputs,
-        (options, axes, packed),
-        (xdata, ydata, weights, factor, keep, p0, f_scale, box),
-        single_fit=batch is None,
-    )
+    dynamic = (xdata, ydata, weights, factor, keep, p0, f_scale, box)
+    fit = compiled(_fit_outputs, (options, axes, packed), dynamic, single_fit=batch is None)
+    if eager_key is not None and packed and box is None and factor is None and keep is None:
+        plan = _EagerPlan(fit, dtype, num_params, model_shape, p0 if eager_key[5] is None else None, f_scale)
+        if len(_EAGER_PLANS) >= _EAGER_PLANS_SIZE:
+            _EAGER_PLANS.clear()
+        _EAGER_PLANS[eager_key] = plan
+    popt, pcov, outcome, extras = fit(*dynamic)
     if packed:
         popt, pcov, outcome = _unpack_outputs(np.asarray(popt), num_params)
     elif called_eagerly:
@@ -390,6 +396,110 @@ def curve_fit(
     infodict["solution"] = solution
     message = solution.message if called_eagerly else None
     return popt, pcov, infodict, message, code
+
+
+_EAGER_PLANS_SIZE = 64
+
+
+class _EagerPlan(NamedTuple):
+    """What a plain call from Python worked out before its compiled fit (one dataset of NumPy
+    arrays, no bounds, mask, weights or scipy options): kept under the call's signature
+    (`_eager_key`), it lets the next such call skip to converting and checking its data. The
+    checks of a first call took 150 µs of a 270 µs fit of 100 points."""
+
+    fit: Callable  # `_fit_outputs` compiled, with `packed` outputs
+    dtype: np.dtype
+    num_params: int
+    model_shape: tuple[int, ...]
+    start: np.ndarray | None  # p0 when none is given
+    f_scale: np.ndarray
+
+
+def _eager_key(
+    f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy,
+    loss, f_scale, solver, max_steps, verbose, residual_chunk_size,
+) -> tuple | None:  # fmt: skip
+    """The signature of a call that an `_EagerPlan` can make, or None: what decides every check
+    and conversion before the fit (f, the shapes and dtypes of the data, the options), not the
+    values, which `_eager_fit` checks."""
+    if not (
+        type(xdata) is np.ndarray
+        and type(ydata) is np.ndarray
+        and bounds is _NO_BOUNDS
+        and jac is None
+        and nan_policy is None
+        and type(loss) is str
+        and type(f_scale) is float
+        and solver is None
+        and residual_chunk_size is None
+        and type(verbose) is bool
+        and not verbose
+        and type(absolute_sigma) is bool
+        and (check_finite is None or type(check_finite) is bool)
+        and (max_steps is None or type(max_steps) is int)
+        and (method is None or type(method) is str)
+    ):
+        return None
+    if p0 is None:
+        start = None
+    elif type(p0) is np.ndarray:
+        start = (p0.shape, p0.dtype)
+    elif type(p0) in (list, tuple):
+        start = len(p0)
+    else:
+        return None
+    if sigma is not None and type(sigma) is not np.ndarray:
+        return None
+    key = (
+        f, xdata.shape, xdata.dtype, ydata.shape, ydata.dtype, start,
+        None if sigma is None else (sigma.shape, sigma.dtype),
+        absolute_sigma, check_finite, method, loss, f_scale, max_steps, jax.config.jax_enable_x64,
+    )  # fmt: skip
+    try:
+        hash(key)
+    except TypeError:  # f cannot be hashed
+        return None
+    return key
+
+
+def _eager_fit(plan: _EagerPlan, xdata, ydata, p0, sigma, check_finite):
+    """`curve_fit`'s (popt, pcov) for a call of the signature `plan` was made for, or None for
+    one it cannot make (a p0 of another length or kind; `curve_fit` then takes its full path)."""
+    dtype = plan.dtype
+    if p0 is None:
+        p0 = plan.start
+    else:
+        p0 = np.asarray(p0) if type(p0) is not np.ndarray else p0
+        if p0.shape != (plan.num_params,) or p0.dtype.kind not in "fiu":
+            return None
+        p0 = p0.astype(dtype, copy=False)
+    xdata = xdata.astype(dtype, copy=False) if xdata.dtype.kind == "f" else _as_float(xdata, dtype)
+    ydata = ydata.astype(dtype, copy=False)
+    if check_finite is not False and not (_all_finite(ydata) and _all_finite(xdata)):
+        _check_finite(xdata, ydata, check_finite, None)  # raises, naming the array
+    weights, _ = _whitening(sigma, ydata, plan.model_shape, None, dtype, None)
+    packed = plan.fit(xdata, ydata, weights, None, None, p0, plan.f_scale, None)[0]
+    popt, pcov, outcome = _unpack_outputs(np.asarray(packed), plan.num_params)
+    if reporting():
+        raise_if_failed(int(outcome[0]), "curve_fit")
+        warn_covariance(bool(outcome[1]), stacklevel=4)
+    return popt, pcov
+
+
+def _check_finite(xdata, ydata, check_finite, nan_policy) -> None:
+    """scipy's check: an error if concrete data hold NaN or inf (with `check_finite`, by default
+    unless `nan_policy` is given, or with nan_policy="raise")."""
+    if check_finite is None:
+        check_finite = nan_policy is None
+    if not (check_finite or nan_policy == "raise"):
+        return
+    for name, value in (("ydata", ydata), *(("xdata", leaf) for leaf in jax.tree.leaves(xdata))):
+        if not _all_finite(value):
+            prefix = "The input contains nan values: " if nan_policy == "raise" else ""
+            raise ValueError(
+                f"{prefix}{name} contains NaN or inf: remove those points, or pass nan_policy='omit' "
+                "to leave them out of the fit."
+            )
 
 
 def _report(status, covariance_singular, verbose, extras, batched: bool) -> None:
@@ -949,12 +1059,14 @@ def _whitening(sigma, ydata, model_shape, batch, dtype, keep) -> tuple[Array | N
     points left out (`keep` False), Σ has their rows and columns of the identity."""
     if sigma is None:
         return None, None
-    sigma = jnp.asarray(_real(sigma, "sigma"), dtype)
+    sigma = _real(sigma, "sigma")
+    on_host = type(sigma) is np.ndarray  # stays a NumPy array: no eager JAX operations
+    sigma = sigma.astype(dtype, copy=False) if on_host else jnp.asarray(sigma, dtype)
     is_concrete = not isinstance(sigma, jax.core.Tracer)
     if sigma.shape in (ydata.shape, model_shape, ()):
         if is_concrete and not np.all(np.asarray(sigma) > 0):
             raise ValueError("sigma must be > 0 (standard deviations; inf leaves a point out, as does mask).")
-        return jnp.broadcast_to(1 / sigma, ydata.shape), None
+        return (np if on_host else jnp).broadcast_to(1 / sigma, ydata.shape), None
     m = int(np.prod(model_shape))
     covariance_shapes = [(m, m)] + ([(batch, m, m)] if batch is not None else [])
     if len(model_shape) == 1 and sigma.shape in covariance_shapes:

@@ -96,9 +96,15 @@ def _identities(value):
     return id(value)
 
 
+# What `curve_fit` called from Python worked out before its fit, by the call's signature
+# (`_curve_fit._EagerPlan`): it holds a compiled function, so it is forgotten with them.
+EAGER_PLANS: dict = {}
+
+
 def clear_compiled() -> None:
     """Forget the compiled functions kept here (for tests that watch them being made)."""
     _BY_IDENTITY.clear()
+    EAGER_PLANS.clear()
     _jit_with.cache_clear()
 
 

@@ -14,6 +14,7 @@ import scipy.optimize
 
 import jaxlm
 import jaxlm.scipy
+from jaxlm import _dispatch
 
 X = np.linspace(0.0, 4.0, 30)
 Y = 2.5 * np.exp(-1.3 * X) + 0.5 + 0.02 * np.random.default_rng(3).standard_normal(X.size)
@@ -75,6 +76,67 @@ def test_an_indeterminate_covariance_warns_with_a_subclass_of_scipys_warning():
     _, pcov = jaxlm.curve_fit(lambda x, a, b: a * x, X, Y, method="trf")
     _, expected = scipy.optimize.curve_fit(lambda x, a, b: a * x, X, Y, method="trf")
     np.testing.assert_allclose(pcov, expected, rtol=1e-6, atol=1e-12)
+
+
+# A call from Python of the same kind as an earlier one (the same model, shapes and options) skips
+# to checking its data and fitting: it must behave exactly as the first did.
+
+
+def undetermined(x, a, b):  # b does not enter the model
+    return a * x
+
+
+def test_a_repeated_call_gives_what_a_first_call_gives(backend_compiles):
+    sigma = np.full(X.size, 0.02)
+    calls = [
+        {"p0": P0},
+        {"p0": np.array(P0)},
+        {"p0": np.array(P0), "sigma": sigma, "absolute_sigma": True},
+        {"p0": P0, "method": "trf"},
+        {},  # p0 from f's signature
+    ]
+    for kwargs in calls:
+        _dispatch.EAGER_PLANS.clear()
+        first = jaxlm.curve_fit(decay, X, Y, **kwargs)
+        assert len(_dispatch.EAGER_PLANS) == 1  # kept for the calls of this kind that follow
+        before = backend_compiles()
+        for y in (Y, 1.5 * Y, Y.astype(np.float32)):  # float32 data: a kind of their own
+            popt, pcov = jaxlm.curve_fit(decay, X, y, **kwargs)
+            _dispatch.EAGER_PLANS.clear()
+            expected = jaxlm.curve_fit(decay, X, y, **kwargs)
+            assert type(popt) is np.ndarray and type(pcov) is np.ndarray
+            np.testing.assert_array_equal(popt, expected[0])
+            np.testing.assert_array_equal(pcov, expected[1])
+            assert backend_compiles() == before or y.dtype == np.float32
+        np.testing.assert_array_equal(jaxlm.curve_fit(decay, X, Y, **kwargs)[0], first[0])
+    expected = scipy.optimize.curve_fit(numpy_decay, X, Y, p0=P0, sigma=sigma, absolute_sigma=True)
+    popt, pcov = jaxlm.curve_fit(decay, X, Y, p0=P0, sigma=sigma, absolute_sigma=True)
+    np.testing.assert_allclose(popt, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(pcov, expected[1], rtol=1e-4)
+
+
+def test_a_repeated_call_checks_its_data_and_reports_its_outcome():
+    _dispatch.EAGER_PLANS.clear()
+    jaxlm.curve_fit(decay, X, Y, p0=P0)  # the first call of each kind, with good data
+    jaxlm.curve_fit(decay, X, Y, p0=P0, check_finite=False)
+    jaxlm.curve_fit(decay, X, Y, p0=P0, sigma=np.full(X.size, 0.02))
+    assert len(_dispatch.EAGER_PLANS) == 3
+    for _ in range(2):
+        with pytest.raises(ValueError, match="ydata contains NaN or inf"):
+            jaxlm.curve_fit(decay, X, np.where(X > 2, np.nan, Y), p0=P0)
+        with pytest.raises(ValueError, match="xdata contains NaN or inf"):
+            jaxlm.curve_fit(decay, np.where(X > 2, np.inf, X), Y, p0=P0)
+        with pytest.raises(RuntimeError, match=r"Optimal parameters not found: .*NONFINITE_START"):
+            jaxlm.curve_fit(decay, X, np.where(X > 2, np.nan, Y), p0=P0, check_finite=False)
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            jaxlm.curve_fit(decay, X, Y, p0=P0, sigma=np.where(X > 2, 0.0, 0.02))
+        with pytest.warns(jaxlm.OptimizeWarning, match="Covariance of the parameters") as caught:
+            _, pcov = jaxlm.curve_fit(undetermined, X, Y, p0=[1.0, 1.0])
+        assert np.all(np.isinf(pcov))
+        assert [warning.filename for warning in caught] == [__file__]  # the caller's line
+    # A p0 that the repeated call cannot take goes the first call's way, with its error.
+    with pytest.raises(ValueError, match="could not convert"):
+        jaxlm.curve_fit(decay, X, Y, p0=["1", "x", "0"])
 
 
 # Clear errors.

@@ -47,7 +47,7 @@ from jaxtyping import Array, ArrayLike
 
 from . import _scipy_options as scipy_options
 from ._chunked import ChunkedResiduals, chunk_of, split_data
-from ._dispatch import EAGER_PLANS as _EAGER_PLANS, called_from_python, compiled
+from ._dispatch import EAGER_PLANS as _EAGER_PLANS, called_from_python, compiled, fetch
 from ._failure import raise_if_failed, reporting, warn_batch_failures, warn_covariance
 from ._implicit import AbstractAdjoint
 from ._least_squares import (
@@ -378,9 +378,9 @@ def curve_fit(
         _EAGER_PLANS[eager_key] = plan
     popt, pcov, outcome, extras = fit(*dynamic)
     if packed:
-        popt, pcov, outcome = _unpack_outputs(np.asarray(popt), num_params)
+        popt, pcov, outcome = _unpack_outputs(fetch(popt), num_params)
     elif called_eagerly:
-        outcome = np.asarray(outcome)  # one transfer for the three
+        outcome = fetch(outcome)  # one transfer for the three
         if batch is None:
             popt, pcov = np.asarray(popt), np.asarray(pcov)
     status, covariance_singular, code = outcome[..., 0], outcome[..., 1], outcome[..., 2]
@@ -479,7 +479,7 @@ def _eager_fit(plan: _EagerPlan, xdata, ydata, p0, sigma, check_finite):
         _check_finite(xdata, ydata, check_finite, None)  # raises, naming the array
     weights, _ = _whitening(sigma, ydata, plan.model_shape, None, dtype, None)
     packed = plan.fit(xdata, ydata, weights, None, None, p0, plan.f_scale, None)[0]
-    popt, pcov, outcome = _unpack_outputs(np.asarray(packed), plan.num_params)
+    popt, pcov, outcome = _unpack_outputs(fetch(packed), plan.num_params)
     if reporting():
         raise_if_failed(int(outcome[0]), "curve_fit")
         warn_covariance(bool(outcome[1]), stacklevel=4)

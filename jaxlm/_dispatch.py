@@ -16,11 +16,14 @@ which JAX passes compiler options: a single fit called this way compiles with
 """
 
 import functools
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from ._compiler_options import single_fit_compiler_options
 
@@ -61,6 +64,24 @@ def compiled(
             _BY_IDENTITY[key] = (jitted, static)  # static kept alive: its ids stay its own
             return jitted
     return functools.partial(_filter_jit(function, options), jax.tree.map(_held_unless_hashable, static))
+
+
+def fetch(array) -> Any:
+    """`np.asarray(array)`, waiting for a JAX array by polling it for up to `POLL_SECONDS` before
+    blocking. On a CPU JAX runs a compiled fit in a worker thread (unless it is smaller than about
+    a thousand floating-point operations); a caller that blocks is put to sleep, and being woken
+    when the result is there cost 100 µs of a 250 µs `curve_fit` of 100 points on two cores
+    (median; polling: 110 µs against 250). Between polls the thread yields its core, so that the
+    worker is not kept from one it needs; past `POLL_SECONDS` it blocks as before."""
+    if isinstance(array, jax.Array):
+        end = time.perf_counter() + POLL_SECONDS
+        while not array.is_ready() and time.perf_counter() < end:
+            _yield()
+    return np.asarray(array)
+
+
+POLL_SECONDS = 1e-3
+_yield = getattr(os, "sched_yield", functools.partial(time.sleep, 0))  # Windows has no sched_yield
 
 
 def called_from_python() -> bool:

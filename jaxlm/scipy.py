@@ -41,7 +41,7 @@ from jax.experimental import io_callback
 
 from . import _scipy_options as scipy_options
 from ._curve_fit import curve_fit as curve_fit
-from ._dispatch import call_compiled, called_from_python
+from ._dispatch import call_compiled, called_from_python, fetch
 from ._implicit import ImplicitAdjoint
 from ._least_squares import _least_squares, default_instance
 from ._loss import LOSSES
@@ -253,11 +253,12 @@ def _solve(
         (jnp.asarray(x0), dynamic, jnp.asarray(f_scale, float), lower, upper),
         single_fit=True,
     )
+    jacobian_at_x = fetch(jacobian_at_x)  # the solve done
     status = Status(int(solution.status))
     if status == Status.NONFINITE_START:
         raise ValueError("Residuals are not finite in the initial point.")
     result = _result(
-        solution, np.asarray(jacobian_at_x), status, bounds, method, loss, float(f_scale), xtol, jacobian_kind
+        solution, jacobian_at_x, status, bounds, method, loss, float(f_scale), xtol, jacobian_kind
     )
     if verbose >= 1:
         print(result.message)

@@ -139,6 +139,16 @@ def test_a_repeated_call_checks_its_data_and_reports_its_outcome():
         jaxlm.curve_fit(decay, X, Y, p0=["1", "x", "0"])
 
 
+def test_a_result_is_fetched_by_polling_then_blocking(monkeypatch):
+    matrix = jnp.full((200, 200), 1 / 200)
+    power = jax.jit(lambda a: jnp.linalg.matrix_power(a, 64))
+    expected = np.asarray(power(matrix))
+    for seconds in (0.0, 1e-3, 10.0):  # blocks at once, polls a while, polls until it is there
+        monkeypatch.setattr(_dispatch, "POLL_SECONDS", seconds)
+        np.testing.assert_array_equal(_dispatch.fetch(power(matrix)), expected)
+    assert _dispatch.fetch(np.arange(3)).tolist() == [0, 1, 2]
+
+
 # Clear errors.
 
 

@@ -238,11 +238,7 @@ class LevenbergMarquardt(AbstractSolver):
             predicted_reduction = factor * (1 - factor / 2) * -jnp.dot(state.grad, velocity) + (
                 0.5 * factor**2 * jnp.dot(velocity, damping_diagonal * velocity)
             )
-            velocity = jnp.where(
-                inside,
-                velocity,
-                state.radius * (velocity / jnp.where(scaled_velocity > 0, scaled_velocity, 1)),
-            )
+            velocity = factor * velocity
         if self.geodesic_acceleration is None:
             step, acceleration_ok = velocity, True
         else:

@@ -238,7 +238,13 @@ class LevenbergMarquardt(AbstractSolver):
             predicted_reduction = factor * (1 - factor / 2) * -jnp.dot(state.grad, velocity) + (
                 0.5 * factor**2 * jnp.dot(velocity, damping_diagonal * velocity)
             )
-            velocity = factor * velocity
+            # Δ·(v/‖Dv‖) rather than factor·v: rounded this way, a step onto a minimum at 0 lands
+            # on 0 exactly (scipy's test_x_scale_options asserts x = 0 for the minimum of (x − 0)² + 5).
+            velocity = jnp.where(
+                inside,
+                velocity,
+                state.radius * (velocity / jnp.where(scaled_velocity > 0, scaled_velocity, 1)),
+            )
         if self.geodesic_acceleration is None:
             step, acceleration_ok = velocity, True
         else:

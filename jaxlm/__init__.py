@@ -2,6 +2,7 @@
 
 from ._batch import least_squares_batch as least_squares_batch
 from ._curve_fit import curve_fit as curve_fit
+from ._distributed import process_block as process_block
 from ._fit_result import FitResult as FitResult, fit as fit
 from ._implicit import (
     AbstractAdjoint as AbstractAdjoint,

@@ -40,6 +40,7 @@ from jaxtyping import ArrayLike, PyTree
 from tqdm import tqdm
 
 from ._compiler_options import compiler_options
+from ._distributed import check_local, gather_blocks, process_block
 from ._least_squares import build_problem, check_loss_and_bounds, check_options, check_residuals, flat_bounds
 from ._loop import AbstractSolver, first_state, next_state
 from ._loss import Loss, with_loss, with_loss_jacobian
@@ -66,6 +67,8 @@ def least_squares_batch(
     devices: Sequence[jax.Device] | None = None,
     progress: bool | None = None,
     return_residuals: bool = False,
+    distributed: bool = False,
+    gather: bool = True,
 ) -> Solution:
     """Solve many independent fits `least_squares(fun, x0[i], args[i])`, i = 0, …, N − 1.
 
@@ -86,12 +89,21 @@ def least_squares_batch(
             where large batches are fastest. Lower it if a chunk does not fit in the device's
             memory.
         devices: the devices to shard every chunk over, along the fit axis; `None` means all
-            of `jax.local_devices()`. On several hosts (`jax.distributed`), let each process
-            solve its own share of the fits on its local devices (see the README).
+            of `jax.local_devices()` (with `distributed`, local devices only).
         progress: show a tqdm progress bar: `True` always, `False` never, `None` (the
             default) when the solve takes longer than two seconds.
         return_residuals: keep every fit's residuals in `Solution.residual` (N × the shape
             `fun` returns); by default it is None, to save host memory on large batches.
+        distributed: solve the batch over the processes of a `jax.distributed` job (several
+            hosts, or several processes on one): call it in every process, after
+            `jax.distributed.initialize()`, with the same whole batch (x0 and args may be
+            memory-mapped files: each process reads only its own block). Process i of P solves
+            the fits `np.array_split(range(N), P)[i]` on its local devices (chunks, rounds and
+            progress as on one process), and the blocks are gathered, so that every process
+            returns the `Solution` of the whole batch. A process that dies makes JAX terminate
+            the others once it misses its heartbeats (see `_distributed.py`).
+        gather: with `distributed`, False returns only this process's block (the fits
+            `jaxlm.process_block(N)`), for batches too large to gather into one host's memory.
 
     Returns:
         A `jaxlm.Solution` of numpy arrays with a leading axis of N fits, each fit with its own
@@ -104,6 +116,22 @@ def least_squares_batch(
     solver, _ = check_options(fun, args, solver, LevenbergMarquardt, max_steps, None, 0)
     axes = _argument_axes(in_axes, args)
     num_fits = _num_fits(x0, args, axes)
+    if distributed:
+        block = process_block(num_fits)
+        if devices is not None:
+            check_local(devices)
+        x0 = jax.tree.map(lambda leaf: _rows(leaf, block), x0)
+        args = tuple(
+            arg if axis is None else jax.tree.map(lambda leaf: _rows(leaf, block), arg)
+            for arg, axis in zip(args, axes, strict=True)
+        )
+        options = dict(
+            in_axes=in_axes, solver=solver, max_steps=max_steps, jac=jac, loss=loss, f_scale=f_scale,
+            bounds=bounds, chunk_size=chunk_size, devices=devices, progress=progress,
+            return_residuals=return_residuals,
+        )  # fmt: skip
+        solution = least_squares_batch(fun, x0, args, **options)
+        return gather_blocks(solution, num_fits) if gather else solution
     starts = jax.tree.map(_float_array, x0)
     one_start = jax.tree.map(lambda leaf: leaf[0], starts)
     one_args = tuple(
@@ -161,6 +189,12 @@ def least_squares_batch(
     bar.update(pending[-1])
     bar.close()
     return jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)
+
+
+def _rows(leaf, block: slice):
+    """Rows `block` of one argument of the batch, read from it alone (a memory-mapped file stays
+    unread elsewhere)."""
+    return leaf[block] if hasattr(leaf, "shape") else np.asarray(leaf)[block]
 
 
 class _Placement(eqx.Module):

@@ -1,5 +1,6 @@
 """jaxlm: jitted, vmappable, differentiable Levenberg–Marquardt and Newton-type solvers in JAX."""
 
+from . import models as models
 from ._batch import least_squares_batch as least_squares_batch
 from ._curve_fit import curve_fit as curve_fit
 from ._distributed import process_block as process_block
@@ -13,6 +14,7 @@ from ._least_squares import least_squares as least_squares
 from ._loop import AbstractSolver as AbstractSolver
 from ._minimize import minimize as minimize
 from ._multistart import multistart as multistart
+from ._poisson import poisson_residual as poisson_residual
 from ._solution import Solution as Solution, Status as Status
 from ._solver import (
     LBFGSLM as LBFGSLM,

@@ -44,6 +44,7 @@ from ._distributed import check_local, gather_blocks, process_block
 from ._least_squares import build_problem, check_loss_and_bounds, check_options, check_residuals, flat_bounds
 from ._loop import AbstractSolver, first_state, next_state
 from ._loss import Loss, with_loss, with_loss_jacobian
+from ._poisson import check_estimator, poisson_fun
 from ._solution import Solution, Status, make_solution
 from ._solver import LevenbergMarquardt
 
@@ -69,6 +70,7 @@ def least_squares_batch(
     return_residuals: bool = False,
     distributed: bool = False,
     gather: bool = True,
+    estimator: str = "least_squares",
 ) -> Solution:
     """Solve many independent fits `least_squares(fun, x0[i], args[i])`, i = 0, …, N − 1.
 
@@ -104,6 +106,8 @@ def least_squares_batch(
             the others once it misses its heartbeats (see `_distributed.py`).
         gather: with `distributed`, False returns only this process's block (the fits
             `jaxlm.process_block(N)`), for batches too large to gather into one host's memory.
+        estimator: "least_squares", or "poisson" for counts (Gpufit's MLE): `fun` returns the
+            pair (model values, counts) of one fit, as for `least_squares`.
 
     Returns:
         A `jaxlm.Solution` of numpy arrays with a leading axis of N fits, each fit with its own
@@ -114,6 +118,7 @@ def least_squares_batch(
     inside `jit`, and use `jax.vmap(jaxlm.least_squares)` to differentiate through fits.
     """
     solver, _ = check_options(fun, args, solver, LevenbergMarquardt, max_steps, None, 0)
+    check_estimator(estimator, loss, jac)
     axes = _argument_axes(in_axes, args)
     num_fits = _num_fits(x0, args, axes)
     if distributed:
@@ -128,10 +133,11 @@ def least_squares_batch(
         options = dict(
             in_axes=in_axes, solver=solver, max_steps=max_steps, jac=jac, loss=loss, f_scale=f_scale,
             bounds=bounds, chunk_size=chunk_size, devices=devices, progress=progress,
-            return_residuals=return_residuals,
+            return_residuals=return_residuals, estimator=estimator,
         )  # fmt: skip
         solution = least_squares_batch(fun, x0, args, **options)
         return gather_blocks(solution, num_fits) if gather else solution
+    fun = poisson_fun(fun) if estimator == "poisson" else fun
     starts = jax.tree.map(_float_array, x0)
     one_start = jax.tree.map(lambda leaf: leaf[0], starts)
     one_args = tuple(

@@ -61,6 +61,7 @@ from ._least_squares import (
 from ._linear import rank_tolerance
 from ._loop import AbstractSolver, pinned_free
 from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual, with_loss
+from ._poisson import check_estimator, poisson_residual
 from ._solution import Status
 from ._solver import LevenbergMarquardt
 from ._traceable import cannot_trace, untraceable_error
@@ -91,6 +92,7 @@ def curve_fit(
     max_steps: int | None = None,
     verbose: bool | int = False,
     residual_chunk_size: int | None = None,
+    estimator: str = "least_squares",
     **kwargs,
 ):
     """Fit `f(xdata, *params)` to `ydata`, with the semantics of `scipy.optimize.curve_fit`.
@@ -167,6 +169,16 @@ def curve_fit(
             points stops at the start with status `COUPLED_DATA_POINTS`). sigma must be
             standard deviations (or weights), not a covariance matrix. The result is that of
             the plain fit, to rounding. 10⁴–10⁵ is a good size.
+        estimator: "least_squares" (scipy's fit, the default), or "poisson" for counts
+            (photons, events): the fit maximises the Poisson likelihood, Gpufit's MLE estimator
+            (see `jaxlm.poisson_residual`), `ydata` are the counts (≥ 0; non-integer counts, such
+            as photon numbers converted from camera units, are taken as they are), `f` must be
+            > 0 wherever a count is > 0 (a start where it is not fails with NONFINITE_START),
+            and pcov is the inverse of the Fisher information at the solution,
+            (Σ (1/fᵢ)∇fᵢ∇fᵢᵀ)⁻¹: the Cramér–Rao lower bound, in absolute units. `mask` and
+            `nan_policy` leave points out as usual; sigma, weights, a robust loss, `jac` and
+            `residual_chunk_size` do not apply. `infodict["fvec"]` holds the deviance
+            residuals, and `r_squared` is the fraction of the deviance of the mean explained.
         **kwargs: scipy's options for `leastsq` and `least_squares`: `ftol`, `xtol`, `gtol`
             (the solver's tolerances; None turns a test off), `maxfev`/`max_nfev` (see
             max_steps), `col_deriv` (jac returns the transpose), `x_scale` ("jac": damping
@@ -204,7 +216,8 @@ def curve_fit(
     compiled batch). `jaxlm.fit` never raises for a failed fit: its result has the status.
     """
     eager_key = None
-    if not (kwargs or full_output or mask is not None or weights is not None or fixed is not None):
+    plain = not (kwargs or full_output or mask is not None or weights is not None or fixed is not None)
+    if plain and estimator == "least_squares":
         eager_key = _eager_key(
             f, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds, method, jac, nan_policy,
             loss, f_scale, solver, max_steps, verbose, residual_chunk_size,
@@ -226,6 +239,7 @@ def curve_fit(
     check_loss(loss, f_scale)
     scipy_options.check_jac(jac, "jac(x, *params)")
     jac = jac if callable(jac) else None
+    check_estimator(estimator, loss, jac)
     if jac is not None and kwargs.get("col_deriv"):
         jac = _transposed(jac)
     scipy_options.check_verbose(verbose)
@@ -293,6 +307,8 @@ def curve_fit(
 
     _check_finite(xdata, ydata, check_finite, nan_policy)
 
+    if estimator == "poisson":
+        _check_counts(ydata, sigma, weights, residual_chunk_size)
     if weights is not None:
         if sigma is not None:
             raise ValueError("pass sigma or weights (= 1/sigma), not both.")
@@ -354,6 +370,7 @@ def curve_fit(
         minpack_codes,
         bool(full_output),
         verbose == 1 and verbose is not True,
+        estimator,
     )
     f_scale = as_array(f_scale, dtype)
     axes = None
@@ -539,6 +556,7 @@ class _FitOptions(NamedTuple):
     minpack_codes: bool  # scipy's leastsq codes and infodict (method "lm"), else least_squares's
     full_output: bool
     summary: bool  # verbose=1: scipy's report at the end, for which the solution comes back
+    estimator: str  # "least_squares" or "poisson"
 
 
 def _fit_outputs(options, axes, packed, xdata, ydata, weights, factor, keep, p0, f_scale, box):
@@ -579,9 +597,18 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
     def model_x(xdata):  # xdata as f takes it (with chunks: one chunk's points)
         return xdata if options.points_last is None else _move_axis(xdata, options.points_last, 0, -1)
 
+    poisson = options.estimator == "poisson"
+
+    def deviance(model, ydata, weights):  # a point left out (weight 0) is 0, its gradient too
+        if weights is None:
+            return poisson_residual(model, ydata)
+        kept = weights > 0
+        return jnp.where(kept, poisson_residual(jnp.where(kept, model, 1), jnp.where(kept, ydata, 1)), 0)
+
     # The data are arguments, not closed over, so that a chunked fit can split them into chunks.
     def residual(params, xdata, ydata, weights):
-        return whiten(f(model_x(xdata), *unpack(params)) - ydata, weights)
+        model = f(model_x(xdata), *unpack(params))
+        return deviance(model, ydata, weights) if poisson else whiten(model - ydata, weights)
 
     jac = None
     if model_jac is not None:
@@ -638,11 +665,11 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
     if bounds is not None:
         free = pinned_free(popt, jax.grad(cost)(popt), *bounds)
     pcov, singular = _covariance(
-        jacobian,
+        jacobian if not poisson else _fisher_jacobian(f, model_x(xdata), popt, weights),
         whitened.size,
         2 * solution.cost,
         num_points,
-        options.absolute_sigma,
+        options.absolute_sigma or poisson,  # the inverse Fisher information is absolute
         free,
         pseudo_inverse=not options.minpack_codes,
     )
@@ -671,7 +698,10 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
         mean = jnp.sum(jnp.where(keep, ydata, 0)) / num_points
     else:
         mean = jnp.mean(ydata)
-    total = jnp.sum(whiten(ydata - mean, weights) ** 2)
+    if poisson:  # the deviance of the mean as the model
+        total = jnp.sum(deviance(jnp.full_like(ydata, mean), ydata, weights) ** 2)
+    else:
+        total = jnp.sum(whiten(ydata - mean, weights) ** 2)
     statistics = {
         "status": solution.status,
         "success": solution.success,
@@ -680,12 +710,49 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
         "num_varied": jnp.sum(free),
         "r_squared": 1 - jnp.sum(whitened**2) / total,
     }
+    if poisson:
+        statistics["log_likelihood"] = _poisson_log_likelihood(solution.cost, ydata, weights)
     infodict = {"fvec": whitened, "nfev": solution.num_fev}
     if options.minpack_codes:
         infodict.update(
             _minpack_factorisation(jacobian, whitened, chunk_size is not None, jax.grad(cost)(popt))
         )
     return popt, pcov, outcome, (solution, statistics, infodict)
+
+
+def _fisher_jacobian(f, xdata, popt, weights):
+    """diag(1/√f)·J_f at popt, whose JᵀJ is the Fisher information of Poisson counts,
+    Σ (1/fᵢ)∇fᵢ∇fᵢᵀ (points left out: rows of 0)."""
+    jacobian = jax.jacfwd(lambda p: f(xdata, *unpack(p)).ravel())(popt)
+    fitted = f(xdata, *unpack(popt)).ravel()
+    kept = jnp.ones(fitted.shape, bool) if weights is None else weights.ravel() > 0
+    scale = jnp.where(kept & (fitted > 0), 1 / jnp.sqrt(jnp.where(kept & (fitted > 0), fitted, 1)), 0)
+    return scale[:, None] * jacobian
+
+
+def _poisson_log_likelihood(cost, counts, weights):
+    """ln L = Σ (zᵢ ln fᵢ − fᵢ − ln zᵢ!) over the points kept, from F = cost, the deviance's half:
+    F = Σ (f − z − z ln(f/z)), so ln L = −F + Σ (z ln z − z − ln Γ(z + 1))."""
+    kept = jnp.ones(counts.shape, bool) if weights is None else weights > 0
+    z = jnp.where(kept, counts, 0)
+    z_log_z = jnp.where(z > 0, z * jnp.log(jnp.where(z > 0, z, 1)), 0)
+    return -cost + jnp.sum(z_log_z - z - jax.scipy.special.gammaln(z + 1))
+
+
+def _check_counts(ydata, sigma, weights, residual_chunk_size) -> None:
+    """The checks of estimator='poisson': counts ≥ 0 (concrete data), and no weighting."""
+    if sigma is not None or weights is not None:
+        raise ValueError(
+            "estimator='poisson' weighs each count by its own Poisson variance: leave sigma and "
+            "weights out (mask=False leaves a point out)."
+        )
+    if residual_chunk_size is not None:
+        raise ValueError("estimator='poisson' fits without residual_chunk_size: leave it out.")
+    if not isinstance(ydata, jax.core.Tracer) and np.any(np.asarray(ydata) < 0):
+        raise ValueError(
+            "estimator='poisson' fits counts, which are >= 0: ydata has negative values. Subtract no "
+            "background from the data (fit it in the model instead), or use estimator='least_squares'."
+        )
 
 
 def _minpack_factorisation(jacobian, fvec, is_r_factor: bool, gradient) -> dict:

@@ -7,6 +7,11 @@ the (weighted) mean of the data. Bands at new x follow the delta method: the mod
 g = ∂f(x, p)/∂p at the solution gives Var f(x) ≈ g·pcov·gᵀ; a confidence band is
 t·√(g·pcov·gᵀ), a prediction band adds the variance of one new measurement, with t the
 Student-t quantile for m − k degrees of freedom.
+
+With `estimator="poisson"` (counts), χ² is the Poisson deviance D = 2Σ (fᵢ − zᵢ − zᵢ ln(fᵢ/zᵢ))
+(Gpufit's χ²_MLE), AIC = 2k − 2 ln L and BIC = ln(m)·k − 2 ln L from the likelihood
+ln L = Σ (zᵢ ln fᵢ − fᵢ − ln zᵢ!), R² is the fraction of the deviance of the mean explained,
+and pcov is the inverse Fisher information (absolute: the Cramér–Rao bound).
 """
 
 import html
@@ -34,6 +39,8 @@ class FitResult(eqx.Module):
         covariance, correlation: pcov and pcov normalised by the standard errors.
         initial: the starting values.
         chi_square, reduced_chi_square, aic, bic, r_squared: the fit statistics.
+        estimator: "least_squares", or "poisson" (then chi_square is the deviance, and
+            log_likelihood is ln L; it is NaN for least squares).
         num_points, num_varied, degrees_of_freedom: m, k and m − k.
         residual: the whitened residuals.
         status, success: as in `Solution`; `solution` is the whole `jaxlm.Solution`.
@@ -43,6 +50,7 @@ class FitResult(eqx.Module):
     model: Callable = eqx.field(static=True)
     absolute_sigma: bool = eqx.field(static=True)
     weighted: bool = eqx.field(static=True)  # whether the fit had sigma
+    estimator: str = eqx.field(static=True)
     params: Float[Array, " n"]
     stderr: Float[Array, " n"]
     covariance: Float[Array, "n n"]
@@ -53,6 +61,7 @@ class FitResult(eqx.Module):
     aic: Float[Array, ""]
     bic: Float[Array, ""]
     r_squared: Float[Array, ""]
+    log_likelihood: Float[Array, ""]
     num_points: Int[Array, ""]
     num_varied: Int[Array, ""]
     degrees_of_freedom: Int[Array, ""]
@@ -113,18 +122,22 @@ class FitResult(eqx.Module):
         """A text report in the manner of lmfit's `fit_report`."""
         self._require_single("reports")
         status = Status(int(self.status))
+        chi_square_name = "deviance" if self.estimator == "poisson" else "chi-square"
         lines = [
             "[[Fit Statistics]]",
             f"    # status           = {status.name} ({'success' if bool(self.success) else 'FAILED'})",
             f"    # function evals   = {int(self.solution.num_fev)}",
             f"    # data points      = {int(self.num_points)}",
             f"    # variables        = {int(self.num_varied)}",
-            f"    chi-square         = {float(self.chi_square):.8g}",
+            f"    # estimator        = {self.estimator}",
+            f"    {chi_square_name:<19}= {float(self.chi_square):.8g}",
             f"    reduced chi-square = {float(self.reduced_chi_square):.8g}",
             f"    Akaike info crit   = {float(self.aic):.8g}",
             f"    Bayesian info crit = {float(self.bic):.8g}",
             f"    R-squared          = {float(self.r_squared):.8g}",
         ]
+        if self.estimator == "poisson":
+            lines.insert(-3, f"    log-likelihood     = {float(self.log_likelihood):.8g}")
         if not bool(self.success):
             lines.append(f"    ## {status.message}")
         if bool(self.covariance_singular):
@@ -215,12 +228,22 @@ def fit(
     chi_square = jnp.sum(info["fvec"] ** 2, axis=-1)
     num_points, num_varied = info["num_points"], info["num_varied"]
     degrees_of_freedom = num_points - num_varied
-    log_likelihood_term = num_points * jnp.log(chi_square / num_points)
+    estimator = options.get("estimator", "least_squares")
+    if estimator == "poisson":
+        log_likelihood = info["log_likelihood"]
+        aic = 2 * num_varied - 2 * log_likelihood
+        bic = jnp.log(num_points) * num_varied - 2 * log_likelihood
+    else:
+        log_likelihood_term = num_points * jnp.log(chi_square / num_points)
+        log_likelihood = jnp.full_like(chi_square, jnp.nan)
+        aic = log_likelihood_term + 2 * num_varied
+        bic = log_likelihood_term + jnp.log(num_points) * num_varied
     return FitResult(
         names=parameter_names(f, num_params),
         model=f,
         absolute_sigma=bool(options.get("absolute_sigma", False)),
         weighted=options.get("sigma") is not None or options.get("weights") is not None,
+        estimator=estimator,
         params=popt,
         stderr=stderr,
         covariance=pcov,
@@ -228,9 +251,10 @@ def fit(
         initial=initial,
         chi_square=chi_square,
         reduced_chi_square=chi_square / degrees_of_freedom,
-        aic=log_likelihood_term + 2 * num_varied,
-        bic=log_likelihood_term + jnp.log(num_points) * num_varied,
+        aic=aic,
+        bic=bic,
         r_squared=info["r_squared"],
+        log_likelihood=log_likelihood,
         num_points=num_points,
         num_varied=num_varied,
         degrees_of_freedom=degrees_of_freedom,

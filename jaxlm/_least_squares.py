@@ -17,6 +17,7 @@ from ._dispatch import call_compiled
 from ._implicit import AbstractAdjoint, ImplicitAdjoint
 from ._loop import AbstractSolver, Problem, run
 from ._loss import Loss, check_loss, with_loss, with_loss_jacobian
+from ._poisson import check_estimator, poisson_fun
 from ._solution import Solution, make_solution
 from ._solver import LevenbergMarquardt, MatrixFreeLM
 from ._traceable import cannot_trace, untraceable_error
@@ -38,6 +39,7 @@ def least_squares(
     f_scale: float = 1.0,
     bounds: tuple[Any, Any] | None = None,
     residual_chunk_size: int | None = None,
+    estimator: str = "least_squares",
 ) -> Solution:
     """Minimise ½‖fun(params, *args)‖² over `params`, starting from `x0`.
 
@@ -98,6 +100,12 @@ def least_squares(
             through the solve (`ImplicitAdjoint()`) are evaluated chunk by chunk too, but
             `ImplicitAdjoint(hessian="gauss_newton")` forms J. `None` (the default) forms the
             whole Jacobian.
+        estimator: "least_squares" (the default), or "poisson" for counts: `fun(params, *args)`
+            returns the pair (model values, counts) and the solve maximises the Poisson
+            likelihood (Gpufit's MLE estimator): it minimises ½‖r̂‖² over the deviance residuals
+            r̂ = `jaxlm.poisson_residual(model, counts)`, which are the solution's `residual`,
+            and `cost` is the negative log-likelihood less its constant. A model ≤ 0 where a
+            count is > 0 has no likelihood: a start there stops with `NONFINITE_START`.
 
     Returns:
         A `jaxlm.Solution`. The whole solve is one `lax.while_loop` inside `jit`; it can be
@@ -106,6 +114,7 @@ def least_squares(
     solver, adjoint = check_options(fun, args, solver, LevenbergMarquardt, max_steps, adjoint, trace)
     if jac is not None and not callable(jac):
         raise TypeError(f"jac must be None or callable as jac(params, *args), got {jac!r}.")
+    check_estimator(estimator, loss, jac)
     x0 = as_float_params(x0)
     bounds = flat_bounds(bounds, x0)
     check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
@@ -123,7 +132,10 @@ def least_squares(
         bool(verbose),
         None if residual_chunk_size is None else int(residual_chunk_size),
     )
-    return call_compiled(_least_squares, static, (x0, args, f_scale, bounds), raises=throw, single_fit=True)
+    fun = poisson_fun(fun) if estimator == "poisson" else fun
+    return call_compiled(
+        _least_squares, (fun, *static[1:]), (x0, args, f_scale, bounds), raises=throw, single_fit=True
+    )
 
 
 def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:

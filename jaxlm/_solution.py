@@ -56,7 +56,8 @@ _MESSAGES = {
     ),
     Status.NONFINITE_START: (
         "The residuals or the Jacobian at the starting point are not finite (NaN or inf): "
-        "check the data passed in args for NaN/inf and choose an x0 where the model is finite."
+        "check the data passed in args for NaN/inf and choose an x0 where the model is finite "
+        "(with estimator='poisson': where the model is > 0 wherever a count is > 0, and the counts >= 0)."
     ),
     Status.NONFINITE_JACOBIAN: (
         "The Jacobian became non-finite (NaN or inf) at an accepted point although the "

@@ -61,7 +61,7 @@ from ._least_squares import (
 from ._linear import rank_tolerance
 from ._loop import AbstractSolver, pinned_free
 from ._loss import Loss, check_loss, robust_jacobian_weights, robust_residual, with_loss
-from ._poisson import check_estimator, poisson_residual
+from ._poisson import check_estimator, flat_poisson_residual
 from ._solution import Status
 from ._solver import LevenbergMarquardt
 from ._traceable import cannot_trace, untraceable_error
@@ -599,11 +599,12 @@ def _fit(options, xdata, ydata, weights, factor, keep, p0, f_scale, box):
 
     poisson = options.estimator == "poisson"
 
-    def deviance(model, ydata, weights):  # a point left out (weight 0) is 0, its gradient too
+    def deviance(model, ydata, weights):  # flat; a point left out (weight 0) is 0, its gradient too
         if weights is None:
-            return poisson_residual(model, ydata)
-        kept = weights > 0
-        return jnp.where(kept, poisson_residual(jnp.where(kept, model, 1), jnp.where(kept, ydata, 1)), 0)
+            return flat_poisson_residual(model, ydata)
+        kept = jnp.ravel(weights > 0)
+        model, ydata = jnp.ravel(model), jnp.ravel(ydata)
+        return jnp.where(kept, flat_poisson_residual(jnp.where(kept, model, 1), jnp.where(kept, ydata, 1)), 0)
 
     # The data are arguments, not closed over, so that a chunked fit can split them into chunks.
     def residual(params, xdata, ydata, weights):

@@ -103,7 +103,7 @@ def least_squares(
         estimator: "least_squares" (the default), or "poisson" for counts: `fun(params, *args)`
             returns the pair (model values, counts) and the solve maximises the Poisson
             likelihood (Gpufit's MLE estimator): it minimises ½‖r̂‖² over the deviance residuals
-            r̂ = `jaxlm.poisson_residual(model, counts)`, which are the solution's `residual`,
+            r̂ = `jaxlm.poisson_residual(model, counts)`, which are the solution's `residual` (flat),
             and `cost` is the negative log-likelihood less its constant. A model ≤ 0 where a
             count is > 0 has no likelihood: a start there stops with `NONFINITE_START`.
 

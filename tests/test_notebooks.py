@@ -63,7 +63,7 @@ def _run_script(name, **options):
 
 def test_every_notebook_has_a_script_an_install_cell_no_outputs_and_a_readme_entry():
     notebooks = sorted(path.stem for path in NOTEBOOKS.glob("*.ipynb"))
-    assert len(notebooks) == 7
+    assert len(notebooks) == 8
     readme = (NOTEBOOKS / "README.md").read_text()
     for name in notebooks:
         assert (EXAMPLES / f"{name}.py").exists(), name
@@ -277,3 +277,26 @@ def test_uncertainties_notebook(tmp_path, monkeypatch):
         "ordinary_shift=ordinary_shift, robust_shift=robust_shift)"
     )
     check_uncertainties(_run_notebook("uncertainties", expression, tmp_path, monkeypatch))
+
+
+# -- 8. Photon counts: the Poisson MLE against the Cramér–Rao bound ---------------------------------
+
+
+def check_photon_counts(result):
+    rows = result["rows"]
+    assert [row["photons"] for row in rows] == [300, 3000]
+    for row in rows:  # 300 spots a row: the spread of a standard deviation is ±4%
+        assert row["mle_converged"] == 1.0 and row["ls_converged"] == 1.0
+        assert 0.88 < row["mle"] < 1.12  # on the Cramér–Rao bound
+        assert 0.88 < row["pcov_over_spread"] < 1.12  # pcov is that bound
+    assert rows[1]["ls"] > 1.1 and rows[1]["ls"] > rows[1]["mle"] + 0.1  # least squares falls behind
+
+
+def test_photon_counts_script(tmp_path):
+    result = _run_script("photon_counts", out_dir=tmp_path)
+    check_photon_counts(result)
+    assert (tmp_path / "photon_counts.png").stat().st_size > 5000
+
+
+def test_photon_counts_notebook(tmp_path, monkeypatch):
+    check_photon_counts(_run_notebook("photon_counts", "dict(rows=rows)", tmp_path, monkeypatch))

@@ -97,6 +97,18 @@ def accuracy_table(num_fits, photons, backgrounds):
             )
 
 
+def demo_spots(num_fits, size):
+    """(truth, counts, starts near the truth) of `jaxlm.demo`'s spots with Poisson noise, float32."""
+    truth_key, start_key = jax.random.split(jax.random.key(size))
+    centre = size / 2 - 0.5
+    nominal = jnp.array([500.0, centre, centre, 1.0, 10.0], jnp.float32)
+    truth = nominal * jax.random.uniform(truth_key, (num_fits, 5), jnp.float32, 0.9, 1.1)
+    mean = np.asarray(jax.vmap(gaussian_2d, (0, None))(truth, size))
+    counts = np.random.default_rng(size).poisson(mean).astype(np.float32)
+    near = np.asarray(truth * jax.random.uniform(start_key, (num_fits, 5), jnp.float32, 0.9, 1.1))
+    return truth, counts, near
+
+
 def speed_table(num_fits, pixel_sizes, repeats):
     print(f"{num_fits} spots, float32, least_squares_batch, best of {repeats}")
     print("| pixels | settings | estimator | fits/s | MLE / LS | converged | mean steps |")
@@ -106,14 +118,7 @@ def speed_table(num_fits, pixel_sizes, repeats):
         "tight": (jaxlm.LevenbergMarquardt(ftol=1e-5, xtol=1e-5), 1000),
     }
     for size in pixel_sizes:
-        key = jax.random.key(size)
-        truth_key, start_key = jax.random.split(key)
-        centre = size / 2 - 0.5
-        nominal = jnp.array([500.0, centre, centre, 1.0, 10.0], jnp.float32)
-        truth = nominal * jax.random.uniform(truth_key, (num_fits, 5), jnp.float32, 0.9, 1.1)
-        mean = np.asarray(jax.vmap(gaussian_2d, (0, None))(truth, size))
-        counts = np.random.default_rng(size).poisson(mean).astype(np.float32)
-        start = np.asarray(truth * jax.random.uniform(start_key, (num_fits, 5), jnp.float32, 0.9, 1.1))
+        _, counts, start = demo_spots(num_fits, size)
 
         def least_squares(p, z, size=size):
             return gaussian_2d(p, size) - z
@@ -148,13 +153,7 @@ def starts_table(num_fits, pixel_sizes):
     print("|---|---|---|---|---|")
     solver = jaxlm.LevenbergMarquardt(ftol=1e-5, xtol=1e-5)
     for size in pixel_sizes:
-        truth_key, start_key = jax.random.split(jax.random.key(size))
-        centre = size / 2 - 0.5
-        nominal = jnp.array([500.0, centre, centre, 1.0, 10.0], jnp.float32)
-        truth = nominal * jax.random.uniform(truth_key, (num_fits, 5), jnp.float32, 0.9, 1.1)
-        mean = np.asarray(jax.vmap(gaussian_2d, (0, None))(truth, size))
-        counts = np.random.default_rng(size).poisson(mean).astype(np.float32)
-        near = truth * jax.random.uniform(start_key, (num_fits, 5), jnp.float32, 0.9, 1.1)
+        truth, counts, near = demo_spots(num_fits, size)
         starts = {
             "truth × U[0.9, 1.1]": near,
             "`gaussian_2d_initial_guess`": jaxlm.models.gaussian_2d_initial_guess(counts),

@@ -215,7 +215,7 @@ def curve_fit(
     counts. Under tracing failure is the per-fit status only (so one bad fit never stops a
     compiled batch). `jaxlm.fit` never raises for a failed fit: its result has the status.
     """
-    eager_key = None
+    eager_key, p0_given = None, p0
     plain = not (kwargs or full_output or mask is not None or weights is not None or fixed is not None)
     if plain and estimator == "least_squares":
         eager_key = _eager_key(
@@ -389,7 +389,8 @@ def curve_fit(
     dynamic = (xdata, ydata, weights, factor, keep, p0, f_scale, box)
     fit = compiled(_fit_outputs, (options, axes, packed), dynamic, single_fit=batch is None)
     if eager_key is not None and packed and box is None and factor is None and keep is None:
-        plan = _EagerPlan(fit, dtype, num_params, model_shape, p0 if eager_key[5] is None else None, f_scale)
+        start = p0 if p0_given is None else None  # p0 from f's signature: the same every call
+        plan = _EagerPlan(fit, dtype, num_params, model_shape, start, f_scale)
         if len(_EAGER_PLANS) >= _EAGER_PLANS_SIZE:
             _EAGER_PLANS.clear()
         _EAGER_PLANS[eager_key] = plan

@@ -33,9 +33,16 @@ def process_block(num_fits: int) -> slice:
             f"distributed=True splits the batch over the {count} processes, which needs at least "
             f"{count} fits; got {num_fits}. Solve a batch this small on one process (distributed=False)."
         )
-    base, extra = divmod(num_fits, count)  # np.array_split: the first `extra` blocks have one more
-    begin = index * base + min(index, extra)
-    return slice(begin, begin + base + (index < extra))
+    sizes = block_sizes(num_fits, count)
+    begin = sum(sizes[:index])
+    return slice(begin, begin + sizes[index])
+
+
+def block_sizes(num_fits: int, count: int) -> list[int]:
+    """The sizes of `np.array_split(range(num_fits), count)`: the first num_fits mod count
+    blocks have one fit more."""
+    base, extra = divmod(num_fits, count)
+    return [base + (index < extra) for index in range(count)]
 
 
 def check_initialized() -> None:
@@ -62,9 +69,8 @@ def check_local(devices) -> None:
 
 def gather_blocks(block: Solution, num_fits: int) -> Solution:
     """The `Solution` of the whole batch, in every process, from each process's block."""
-    count = jax.process_count()
-    largest = -(-num_fits // count)
-    size = block.status.shape[0]
+    sizes = block_sizes(num_fits, jax.process_count())
+    largest, size = sizes[0], block.status.shape[0]
 
     def padded(leaf):
         if size == largest:
@@ -72,5 +78,4 @@ def gather_blocks(block: Solution, num_fits: int) -> Solution:
         return np.concatenate([leaf, np.repeat(leaf[-1:], largest - size, axis=0)])
 
     gathered = multihost_utils.process_allgather(jax.tree.map(padded, block), tiled=False)
-    sizes = [len(part) for part in np.array_split(np.arange(num_fits), count)]
     return jax.tree.map(lambda leaf: np.concatenate([leaf[i, :n] for i, n in enumerate(sizes)]), gathered)

@@ -120,6 +120,7 @@ def least_squares(
     check_loss_and_bounds(loss, f_scale, jac, bounds, solver)
     f_scale = as_array(f_scale, jnp.result_type(*jax.tree.leaves(x0)))
     check_chunk_size(residual_chunk_size, solver)
+    fun = poisson_fun(fun) if estimator == "poisson" else fun
     static = (
         fun,
         solver,
@@ -132,10 +133,7 @@ def least_squares(
         bool(verbose),
         None if residual_chunk_size is None else int(residual_chunk_size),
     )
-    fun = poisson_fun(fun) if estimator == "poisson" else fun
-    return call_compiled(
-        _least_squares, (fun, *static[1:]), (x0, args, f_scale, bounds), raises=throw, single_fit=True
-    )
+    return call_compiled(_least_squares, static, (x0, args, f_scale, bounds), raises=throw, single_fit=True)
 
 
 def check_loss_and_bounds(loss, f_scale, jac, bounds, solver) -> None:

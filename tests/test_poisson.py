@@ -56,6 +56,9 @@ def test_the_deviance_residuals_square_to_the_mle_objective_and_are_smooth():
     # No likelihood: a model <= 0 where a count is > 0, a negative model or count.
     invalid = jaxlm.poisson_residual(jnp.array([-1.0, 0.0, 1.0, 0.0]), jnp.array([1.0, 1.0, -1.0, 0.0]))
     assert np.isnan(invalid[:3]).all() and float(invalid[3]) == 0.0
+    slope = jax.vmap(jax.grad(jaxlm.poisson_residual))
+    slopes = slope(jnp.array([-1.0, 0.0, 0.0]), jnp.array([1.0, 1.0, 0.0]))
+    assert np.isnan(slopes[:2]).all() and float(slopes[2]) == np.inf  # √(2f) at f = 0
     assert jaxlm.poisson_residual(jnp.float32(3.0), jnp.float32(2.0)).dtype == jnp.float32
 
 

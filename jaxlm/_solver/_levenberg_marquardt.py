@@ -294,7 +294,9 @@ class LevenbergMarquardt(AbstractSolver):
             scaled_step = jnp.linalg.norm(jnp.sqrt(state.scale) * step)
             accepted = (gain_ratio > 1e-4) & acceleration_ok
             radius = jnp.where(
-                ~(gain_ratio >= 0.25),  # also when the trial point was not finite (ρ = NaN)
+                # also when the trial point was not finite (ρ = NaN), and when the step was refused
+                # for its curvature (the radius then shrinks until the acceleration is small)
+                ~(gain_ratio >= 0.25) | jnp.logical_not(acceleration_ok),
                 0.5 * jnp.minimum(radius, scaled_step),
                 jnp.where(gain_ratio > 0.75, jnp.maximum(radius, 2 * scaled_step), radius),
             )

@@ -10,13 +10,18 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_main_demo(capsys):
-    demo_main(["--num-fits", "300"])
+    demo_main(["--num-fits", "300", "--scipy-fits", "20", "--no-progress"])
     out = capsys.readouterr().out
     assert "300 noisy 2-D Gaussian spots" in out
-    assert "fits/s" in out
+    assert re.search(r"least_squares_batch: [\d.]+ s, [\d,]+ fits/s", out)
     assert "converged: 100.00%" in out
     for name in ("amplitude", "x0", "y0", "width", "offset"):
         assert name in out
+    assert re.search(r"method='lm'\), one spot at a time: 20 spots in [\d.]+ s, [\d,]+ fits/s", out)
+    # The two fits agree to a small fraction of each parameter's spread across the spots.
+    agreement = re.search(r"agreement with scipy.*: (.*)", out).group(1)
+    differences = [float(part.split()[1]) for part in agreement.split(", ")]
+    assert len(differences) == 5 and max(differences) < 0.05, agreement
 
 
 def test_decay_curves_example(capsys):

@@ -1,4 +1,5 @@
-"""The plots of `jaxlm.plot`, written as the PNG and GIF files that the README shows.
+"""The plots of `jaxlm.plot`, written as the PNG and GIF files that the documentation shows
+(docs/images/, on the page docs/plots.md).
 
 python examples/plots.py [output folder, default docs/images]
 """

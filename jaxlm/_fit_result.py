@@ -212,9 +212,19 @@ def fit(
     `FitResult` with standard errors, correlations, χ², AIC, BIC, R², bands and a report.
 
     Example:
+        >>> import jax.numpy as jnp, jaxlm
+        >>> def decay(x, amplitude, rate, offset):
+        ...     return amplitude * jnp.exp(-rate * x) + offset
+        >>> x = jnp.linspace(0.0, 4.0, 40)
+        >>> y = decay(x, 2.5, 1.3, 0.2) + 0.05 * jnp.sin(17 * x)  # deterministic "noise"
         >>> result = jaxlm.fit(decay, x, y, p0=[1.0, 1.0, 0.0], sigma=0.05 * jnp.ones_like(y))
-        >>> print(result.report())
-        >>> band = result.confidence_band(x_new)
+        >>> bool(result.success), [round(float(p), 1) for p in result.params]
+        (True, [2.5, 1.3, 0.2])
+        >>> print(result.report())  # doctest: +ELLIPSIS
+        [[Fit Statistics]]
+        ...
+        >>> result.confidence_band(jnp.linspace(0.0, 5.0, 11)).shape  # half-width, 95%
+        (11,)
     """
     if options.get("full_output"):
         raise ValueError("fit always collects curve_fit's full output; do not pass full_output.")

@@ -36,12 +36,18 @@ class Stepper:
     """A least-squares solve driven one step at a time from Python.
 
     Example:
-        >>> stepper = jaxlm.Stepper(residual, x0, args=(t, y))
+        >>> import jax.numpy as jnp, jaxlm
+        >>> def residual(p, t, y):
+        ...     return p[0] * jnp.exp(-p[1] * t) - y
+        >>> t = jnp.linspace(0.0, 3.0, 20)
+        >>> y = 2.0 * jnp.exp(-1.3 * t)
+        >>> stepper = jaxlm.Stepper(residual, jnp.array([1.0, 1.0]), args=(t, y))
         >>> state = stepper.init()
         >>> while not stepper.terminate(state):
-        ...     state = stepper.step(state)
-        ...     print(int(state.num_steps), float(state.solver_state.cost))
+        ...     state = stepper.step(state)  # log, or stop early, here
         >>> solution = stepper.solution(state)
+        >>> bool(solution.success), [round(float(p), 4) for p in solution.params]
+        (True, [2.0, 1.3])
 
     `init` and `step` are compiled once per residual function, solver and shapes: a new
     `Stepper` for new data of the same shapes compiles nothing. The state is the solver's own
@@ -132,14 +138,21 @@ class AskTell:
 
     For models that JAX cannot trace (an external simulator, a C library, an instrument):
 
-        >>> solver = jaxlm.AskTell(x0)                       # a flat array of parameters
+        >>> import numpy as np, jaxlm
+        >>> t = np.linspace(0.0, 3.0, 20)
+        >>> data = 2.0 * np.exp(-1.3 * t)
+        >>> def my_model(x):                                 # anything that computes numbers
+        ...     return x[0] * np.exp(-x[1] * t)
+        >>> solver = jaxlm.AskTell(np.array([1.0, 1.0]))    # a flat array of parameters
         >>> while not solver.done:
         ...     request = solver.ask()                       # a jaxlm.Request
-        ...     if request.jacobian:
-        ...         solver.tell(jacobian=my_jacobian(request.x))
-        ...     else:
-        ...         solver.tell(my_model(request.x) - data)
+        ...     solver.tell(my_model(np.asarray(request.x)) - data)
         >>> solution = solver.solution
+        >>> bool(solution.success), [round(float(p), 4) for p in solution.params]
+        (True, [2.0, 1.3])
+
+    (With `jacobian="tell"`, a request with `request.jacobian` set is answered with
+    `solver.tell(jacobian=...)`.)
 
     With `jacobian="finite_differences"` (the default) the solver never asks for a Jacobian:
     it asks for the residuals at x + hᵢeᵢ (forward differences, hᵢ = √eps·max(|xᵢ|, 1)) instead.

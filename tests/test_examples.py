@@ -34,16 +34,6 @@ def test_decay_curves_example(capsys):
     assert "NaN" in out  # the corrupted curve explains itself
 
 
-def test_readme_usage_runs():
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
-    assert blocks, "README.md has no Python example"
-    namespace = {}  # later blocks continue earlier ones, as a reader would run them
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["sensitivity"].shape == namespace["y"].shape
-
-
 def _load_example(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

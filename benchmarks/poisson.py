@@ -60,12 +60,9 @@ WIDTH = 1.2
 SIZE = 9
 
 
-def spot(xy, amplitude, x0, y0, width, background):
-    return amplitude * jnp.exp(-((xy[0] - x0) ** 2 + (xy[1] - y0) ** 2) / (2 * width**2)) + background
-
-
 def accuracy_table(num_fits, photons, backgrounds):
-    pixels = np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE)), 0).astype(float)
+    pixels = jaxlm.models.pixel_grid(SIZE)
+    spot = jaxlm.models.gaussian_2d
     fisher = jax.jit(
         jax.vmap(
             lambda p: (lambda jac, model: jnp.linalg.inv(jac.T @ (jac / model[:, None])))(

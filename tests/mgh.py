@@ -7,7 +7,8 @@ standard start x₀ and from 10·x₀ and 100·x₀ (x₀ = 0 is scaled as 10·1
 Each instance has the residual function r(x) (m values for n parameters), its standard start,
 and the smallest sum of squares ‖r‖² the 1981 paper reports (`minimum`). Freudenstein–Roth
 also has a local minimum, ‖r‖² = 48.9842, where MINPACK ends from the standard start.
-Written from the paper's definitions; used by `tests/test_mgh.py` and `benchmarks/mgh.py`.
+Written from the paper's definitions (six of them are the registry's, `tests/registry.py`);
+used by `tests/test_mgh.py` and `benchmarks/mgh.py`.
 """
 
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
+
+# The functions the solver registry already has, with the same m (Box 3-D 10, Brown–Dennis 20).
+from registry import bard, box_3d, brown_dennis, freudenstein_roth, powell_singular, rosenbrock
 
 
 @dataclass(frozen=True)
@@ -65,40 +69,9 @@ def linear_rank_1_zero_columns_and_rows(m):
     return residual
 
 
-def rosenbrock(x):
-    return jnp.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
-
-
 def helical_valley(x):
     theta = jnp.arctan(x[1] / x[0]) / (2 * jnp.pi) + jnp.where(x[0] < 0, 0.5, 0.0)
     return jnp.stack([10 * (x[2] - 10 * theta), 10 * (jnp.sqrt(x[0] ** 2 + x[1] ** 2) - 1), x[2]])
-
-
-def powell_singular(x):
-    return jnp.stack(
-        [
-            x[0] + 10 * x[1],
-            jnp.sqrt(5.0) * (x[2] - x[3]),
-            (x[1] - 2 * x[2]) ** 2,
-            jnp.sqrt(10.0) * (x[0] - x[3]) ** 2,
-        ]
-    )
-
-
-def freudenstein_roth(x):
-    return jnp.stack(
-        [-13 + x[0] + ((5 - x[1]) * x[1] - 2) * x[1], -29 + x[0] + ((x[1] + 1) * x[1] - 14) * x[1]]
-    )
-
-
-_BARD_Y = np.array([0.14, 0.18, 0.22, 0.25, 0.29, 0.32, 0.35, 0.39, 0.37, 0.58, 0.73, 0.96, 1.34, 2.10, 4.39])
-
-
-def bard(x):
-    u = jnp.arange(1.0, 16.0)
-    v = 16 - u
-    w = jnp.minimum(u, v)
-    return _BARD_Y - (x[0] + u / (v * x[1] + w * x[2]))
 
 
 _KOWALIK_Y = np.array(
@@ -132,26 +105,10 @@ def watson(x):
     return jnp.concatenate([derivative_sum - value_sum**2 - 1, jnp.stack([x[0], x[1] - x[0] ** 2 - 1])])
 
 
-def box_3d(m):
-    def residual(x):
-        t = 0.1 * jnp.arange(1.0, m + 1)
-        return jnp.exp(-t * x[0]) - jnp.exp(-t * x[1]) - x[2] * (jnp.exp(-t) - jnp.exp(-10 * t))
-
-    return residual
-
-
 def jennrich_sampson(m):
     def residual(x):
         i = jnp.arange(1.0, m + 1)
         return 2 + 2 * i - (jnp.exp(i * x[0]) + jnp.exp(i * x[1]))
-
-    return residual
-
-
-def brown_dennis(m):
-    def residual(x):
-        t = jnp.arange(1.0, m + 1) / 5
-        return (x[0] + t * x[1] - jnp.exp(t)) ** 2 + (x[2] + x[3] * jnp.sin(t) - jnp.cos(t)) ** 2
 
     return residual
 
@@ -339,9 +296,9 @@ def _instances():
         ("Watson (6)", watson, (0.0,) * 6, 31, 2.28767e-3),
         ("Watson (9)", watson, (0.0,) * 9, 31, 1.39976e-6),
         ("Watson (12)", watson, (0.0,) * 12, 31, 4.72238e-10),
-        ("Box 3-D", box_3d(10), (0.0, 10.0, 20.0), 10, 0.0),
+        ("Box 3-D", box_3d, (0.0, 10.0, 20.0), 10, 0.0),
         ("Jennrich–Sampson", jennrich_sampson(10), (0.3, 0.4), 10, 124.362),
-        ("Brown–Dennis", brown_dennis(20), (25.0, 5.0, -5.0, -1.0), 20, 85822.2),
+        ("Brown–Dennis", brown_dennis, (25.0, 5.0, -5.0, -1.0), 20, 85822.2),
         ("Chebyquad (1)", chebyquad(1), (0.5,), 1, 0.0),
         ("Chebyquad (7)", chebyquad(7), tuple(np.arange(1, 8) / 8), 7, 0.0),
         ("Chebyquad (8)", chebyquad(8), tuple(np.arange(1, 9) / 9), 8, 3.51687e-3),

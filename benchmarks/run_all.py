@@ -2,7 +2,7 @@
 tables were measured with, and keep each one's output in benchmarks/results/<name>.txt.
 
     pip install ".[benchmark]"
-    python benchmarks/run_all.py                 # all of them: about 2 hours on a 2-core CPU
+    python benchmarks/run_all.py                 # all of them: about 1½ hours on a 2-core CPU
     python benchmarks/run_all.py --list          # the commands, without running them
     python benchmarks/run_all.py --only nist mgh # some of them, by name
 
@@ -14,6 +14,7 @@ failed.
 import argparse
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -52,7 +53,17 @@ BENCHMARKS = [
     ),
     ("large_n_gradient", ["large_n.py", "--gradient"], {}),
     ("gpufit_settings", ["gaussian_batch.py", "--preset", "gpufit", "--dtypes", "float32"], TWO_DEVICES),
-    ("stragglers", ["stragglers.py", "--repeats", "2"], {}),
+    (
+        "stragglers",
+        ["stragglers.py", "--repeats", "2", "--solvers", "jaxlm vmap", "jaxlm least_squares_batch"],
+        {},
+    ),
+    # optimistix's vmapped batch of 10⁵ with hard fits alone takes 10–30 minutes; 1024 fits show it.
+    (
+        "stragglers_optimistix",
+        ["stragglers.py", "--repeats", "2", "--sizes", "1024", "--solvers", "optimistix vmap"],
+        {},
+    ),
     ("large_batch", ["large_batch.py"], {}),
     ("distributed", ["distributed.py"], {}),
     ("poisson_accuracy", ["poisson.py", "--table", "accuracy"], {}),
@@ -64,7 +75,7 @@ BENCHMARKS = [
 
 def command_line(arguments, environment) -> str:
     prefix = " ".join(f"{key}={value}" for key, value in environment.items())
-    return f"{prefix} python benchmarks/{' '.join(arguments)}".strip()
+    return f"{prefix} python benchmarks/{shlex.join(arguments)}".strip()
 
 
 def main():

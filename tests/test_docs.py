@@ -81,3 +81,31 @@ def test_every_module_with_examples_is_doctested():
         if ">>>" in path.read_text()
     }
     assert with_examples == set(DOCTEST_MODULES)
+
+
+def section(text: str, heading: str) -> str:
+    """The text of a `## heading` section, up to the next `## `."""
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+RATE = r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d.])"  # 12,345 or 1,234,567
+
+
+def test_the_readme_quotes_the_benchmark_page():
+    """The README's figures are the benchmark page's: its counts and decimals verbatim, the
+    rates of its table as the page's, rounded."""
+    quoted = section((ROOT / "README.md").read_text(), "Accuracy and speed")
+    page = (ROOT / "benchmarks" / "README.md").read_text()
+    for figure in re.findall(r"(?<![\w.,/])\d+/\d+(?![\w/])|(?<![\w.,])\d+\.\d+(?![\w.])", quoted):
+        assert figure in page, f"the README quotes {figure}, which benchmarks/README.md does not have"
+    speed = section(page, "Batched 2-D Gaussian fits (the Gpufit benchmark)")
+    page_rates = [float(rate.replace(",", "")) for rate in re.findall(RATE, speed)]
+    table = [line for line in quoted.splitlines() if line.startswith("| ") and "fits/s" not in line]
+    rates = [float(rate.replace(",", "")) for rate in re.findall(RATE, "\n".join(table))]
+    assert rates
+    for rate in rates:  # rounded to three significant figures
+        assert any(abs(rate - page_rate) <= 0.005 * page_rate for page_rate in page_rates), (
+            f"the README's {rate:,.0f} fits/s is not a rate of the Gaussian batch in benchmarks/README.md"
+        )

@@ -1,9 +1,9 @@
 """The Moré–Garbow–Hillstrom least-squares problems (`tests/mgh.py`: 29 instances × the starts
-x₀, 10·x₀, 100·x₀, float64) with jaxlm's `LevenbergMarquardt()` (defaults, and with geodesic
-acceleration), optimistix's `LevenbergMarquardt(rtol=1e-8, atol=1e-8)`, and scipy's
-`least_squares` with method "lm" (MINPACK's lmder, through scipy) and "trf", each at its
-default tolerances and at most 1000 iterations (scipy: 1000·n evaluations for "lm", 1000 for
-"trf").
+x₀, 10·x₀, 100·x₀, float64) with jaxlm's `LevenbergMarquardt()` (defaults, with geodesic
+acceleration, and with Moré's trust-region rule), optimistix's
+`LevenbergMarquardt(rtol=1e-8, atol=1e-8)`, and scipy's `least_squares` with method "lm"
+(MINPACK's lmder, through scipy) and "trf", each at its default tolerances and at most 1000
+iterations (scipy: 1000·n evaluations for "lm", 1000 for "trf").
 
 A run "reaches the minimum" when its final ‖r‖² is within 1e-4 (relative) or 1e-10 (absolute)
 of the smallest value the 1981 paper reports; "as good as MINPACK" when it is within the same
@@ -84,6 +84,9 @@ SOLVERS = {
     "jaxlm `LevenbergMarquardt()`": jaxlm_runs(jaxlm.LevenbergMarquardt()),
     "jaxlm `LevenbergMarquardt(geodesic_acceleration=0.75)`": jaxlm_runs(
         jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75)
+    ),
+    'jaxlm `LevenbergMarquardt(damping_rule="trust_region")`': jaxlm_runs(
+        jaxlm.LevenbergMarquardt(damping_rule="trust_region")
     ),
     "optimistix `LevenbergMarquardt(1e-8, 1e-8)`": optimistix_run,
     "scipy `trf`": scipy_run("trf"),

@@ -1,7 +1,7 @@
 """The Moré–Garbow–Hillstrom least-squares problems (`tests/mgh.py`: 29 instances × the starts
-x₀, 10·x₀, 100·x₀, float64) with jaxlm's `LevenbergMarquardt()` (defaults, with geodesic
-acceleration, and with Moré's trust-region rule), optimistix's
-`LevenbergMarquardt(rtol=1e-8, atol=1e-8)`, and scipy's `least_squares` with method "lm"
+x₀, 10·x₀, 100·x₀, float64) with jaxlm's `LevenbergMarquardt()` (the default, and three of
+its rules alone: Nielsen's damping, with geodesic acceleration, and Moré's trust region),
+optimistix's `LevenbergMarquardt(rtol=1e-8, atol=1e-8)`, and scipy's `least_squares` with method "lm"
 (MINPACK's lmder, through scipy) and "trf", each at its default tolerances and at most 1000
 iterations (scipy: 1000·n evaluations for "lm", 1000 for "trf").
 
@@ -82,11 +82,14 @@ def scipy_run(method):
 
 SOLVERS = {
     "jaxlm `LevenbergMarquardt()`": jaxlm_runs(jaxlm.LevenbergMarquardt()),
-    "jaxlm `LevenbergMarquardt(geodesic_acceleration=0.75)`": jaxlm_runs(
-        jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75)
+    "jaxlm `LevenbergMarquardt(fallback_after=None)` (Nielsen's rule alone)": jaxlm_runs(
+        jaxlm.LevenbergMarquardt(fallback_after=None)
     ),
-    'jaxlm `LevenbergMarquardt(damping_rule="trust_region")`': jaxlm_runs(
-        jaxlm.LevenbergMarquardt(damping_rule="trust_region")
+    "jaxlm `LevenbergMarquardt(geodesic_acceleration=0.75, fallback_after=None)`": jaxlm_runs(
+        jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75, fallback_after=None)
+    ),
+    'jaxlm `LevenbergMarquardt(damping_rule="trust_region", fallback_after=None)`': jaxlm_runs(
+        jaxlm.LevenbergMarquardt(damping_rule="trust_region", fallback_after=None)
     ),
     "optimistix `LevenbergMarquardt(1e-8, 1e-8)`": optimistix_run,
     "scipy `trf`": scipy_run("trf"),

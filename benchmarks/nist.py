@@ -22,18 +22,27 @@ import nist  # noqa: E402
 
 import jaxlm  # noqa: E402
 
+TIGHT = dict(ftol=0.0, xtol=1e-15)
 CONFIGURATIONS = {
     "LM (defaults)": jaxlm.LevenbergMarquardt(),
-    "LM + geodesic acceleration": jaxlm.LevenbergMarquardt(geodesic_acceleration=0.75),
-    "LM, Moré's trust region": jaxlm.LevenbergMarquardt(damping_rule="trust_region"),
+    "LM, Nielsen's rule alone (fallback_after=None)": jaxlm.LevenbergMarquardt(fallback_after=None),
+    "LM + geodesic acceleration 0.75, alone": jaxlm.LevenbergMarquardt(
+        geodesic_acceleration=0.75, fallback_after=None
+    ),
+    "LM, Moré's trust region alone": jaxlm.LevenbergMarquardt(
+        damping_rule="trust_region", fallback_after=None
+    ),
+    "LM, the fallback rule alone (trust region + geodesic 1.5)": jaxlm.LevenbergMarquardt(
+        damping_rule="trust_region", geodesic_acceleration=1.5, fallback_after=None
+    ),
     "HybridLMQN": jaxlm.HybridLMQN(),
     "DampedNewton": jaxlm.DampedNewton(),
-    "LM, tight (ftol=0, xtol=1e-15)": jaxlm.LevenbergMarquardt(ftol=0.0, xtol=1e-15),
-    "LM + geodesic, tight (ftol=0, xtol=1e-15)": jaxlm.LevenbergMarquardt(
-        ftol=0.0, xtol=1e-15, geodesic_acceleration=0.75
+    "LM (defaults), tight (ftol=0, xtol=1e-15)": jaxlm.LevenbergMarquardt(**TIGHT),
+    "LM + geodesic 0.75 alone, tight": jaxlm.LevenbergMarquardt(
+        geodesic_acceleration=0.75, fallback_after=None, **TIGHT
     ),
 }
-MAX_STEPS = 5000
+MAX_STEPS = 1000  # the default
 
 
 def run(solver):

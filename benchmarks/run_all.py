@@ -28,6 +28,8 @@ BENCHMARKS = [
     ("where_time_goes", ["where_time_goes.py"], {}),
     ("nist", ["nist.py"], {}),
     ("mgh", ["mgh.py"], {}),
+    ("default_speed_float32", ["default_speed.py", "--dtype", "float32"], {}),
+    ("default_speed_float64", ["default_speed.py", "--dtype", "float64"], {}),
     ("implicit_gradient_float32", ["implicit_gradient.py"], {}),
     ("implicit_gradient_float64", ["implicit_gradient.py", "--dtype", "float64"], {}),
     ("solver_family", ["solver_family.py"], {}),

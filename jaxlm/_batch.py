@@ -258,24 +258,26 @@ class _BatchSolve(eqx.Module):
     start_shapes = eqx.filter_jit(initial_states)
 
     @_jit
-    def round(self, states, num_steps, args, last_round: bool, mesh: Mesh):
-        """Step the running fits until at most 1/8 of them are still running (all of them stop,
-        in the last round). Each device runs its own loop on its own fits (`shard_map`), so the
-        devices never wait for each other within a round."""
+    def round(self, states, num_steps, args, last_round: bool, mesh: Mesh, stage: int):
+        """Step the fits running in `stage` (one of the solver's `stage_steps`) until at most 1/8
+        of them still are (none, in the last round); a fit that moves on to the next stage stops
+        here. Each device runs its own loop on its own fits (`shard_map`), so the devices never
+        wait for each other within a round."""
 
         def step(state, num_steps, args):
-            return next_state(self.solver, self.problem(args), state, num_steps, self.max_steps)
+            stage_step = self.solver.stage_steps()[stage]
+            return next_state(self.solver, self.problem(args), state, num_steps, self.max_steps, stage_step)
 
         def local_round(states, num_steps, args):
             stop_running = 0 if last_round else states.status.shape[0] // ROUND_STOP_FRACTION
 
             def some_running(carry):
                 states, _ = carry
-                return jnp.sum(states.status == Status.RUNNING) > stop_running
+                return jnp.sum(self.running_in(states, stage)) > stop_running
 
             def body(carry):
                 states, num_steps = carry
-                running = states.status == Status.RUNNING
+                running = self.running_in(states, stage)
                 new_states, new_num_steps = jax.vmap(step, in_axes=(0, 0, self.axes))(states, num_steps, args)
 
                 def keep_stopped(new, old):
@@ -290,6 +292,17 @@ class _BatchSolve(eqx.Module):
         return jax.shard_map(
             local_round, mesh=mesh, in_specs=(fits, fits, args_specs), out_specs=(fits, fits), check_vma=False
         )(states, num_steps, args)
+
+    @_jit
+    def enter_stage(self, states, args, stage: int):
+        def one(state, args):
+            return self.solver.enter_stage(self.problem(args), state, stage)
+
+        return jax.vmap(one, in_axes=(0, self.axes))(states, args)
+
+    def running_in(self, states, stage: int):
+        """Which fits are running in `stage`."""
+        return (states.status == Status.RUNNING) & (jax.vmap(self.solver.stage)(states) == stage)
 
     @_jit
     def solution(self, states, num_steps, args, return_residuals):
@@ -324,22 +337,34 @@ def _scatter(tree, indices, part):
     return jax.tree.map(lambda leaf, new: leaf.at[indices].set(new), tree, part)
 
 
-def _round(batch, placement, states, num_steps, args):
-    """One round on a batch: until at most 1/8 of its fits run, or to the end on a small batch."""
+def _round(batch, placement, states, num_steps, args, stage):
+    """One round of `stage` on a batch: until at most 1/8 of its fits run in it, or to the end of
+    the stage on a small batch."""
     last_round = states.status.shape[0] <= MIN_ROUND_SIZE
-    return batch.round(states, num_steps, args, last_round, placement.batched.mesh)
+    return batch.round(states, num_steps, args, last_round, placement.batched.mesh, stage)
 
 
-def _after_round(batch, placement, states, num_steps, args):
-    """The rounds that follow a round on `states`, until every fit has stopped."""
+def _stage(batch, placement, states, num_steps, args, stage):
+    """The rounds of a later `stage` (the fits that reach it are few): on the whole batch if it
+    is small, else on the fits running in it, gathered."""
+    if states.status.shape[0] <= MIN_ROUND_SIZE:
+        return _round(batch, placement, states, num_steps, args, stage)
+    return _after_round(batch, placement, states, num_steps, args, stage)
+
+
+def _after_round(batch, placement, states, num_steps, args, stage):
+    """The rounds of `stage` that follow a round on `states`, until no fit runs in it."""
     if states.status.shape[0] <= MIN_ROUND_SIZE:
         return states, num_steps
-    running = np.flatnonzero(np.asarray(states.status) == Status.RUNNING)
+    running_in_stage = np.asarray(_running_in(batch, states, stage))
+    running = np.flatnonzero(running_in_stage)
     if running.size == 0:
         return states, num_steps
-    # The next round's batch: the running fits, padded with copies of a stopped one (which a
-    # round leaves as it is) to a power of two that the devices divide.
-    stopped = int(np.flatnonzero(np.asarray(states.status) != Status.RUNNING)[0])
+    # The next round's batch: the running fits, padded to a power of two that the devices divide
+    # with copies of one that the round leaves as it is (or, if every fit runs in the stage, of a
+    # running one, whose copies come out the same).
+    others = np.flatnonzero(~running_in_stage)
+    stopped = int(others[0]) if others.size else int(running[0])
     round_size = _round_up(
         max(MIN_ROUND_SIZE, 1 << (running.size - 1).bit_length()), placement.batched.mesh.size
     )
@@ -351,8 +376,15 @@ def _after_round(batch, placement, states, num_steps, args):
     )
     part = jax.device_put(_gather((states, num_steps), indices), placement.batched)
     part_args = _place(part_args, batch.axes, placement)
-    part = _after_round(batch, placement, *_round(batch, placement, *part, part_args), part_args)
+    part = _after_round(
+        batch, placement, *_round(batch, placement, *part, part_args, stage), part_args, stage
+    )
     return _scatter((states, num_steps), indices, part)
+
+
+@eqx.filter_jit
+def _running_in(batch, states, stage):
+    return batch.running_in(states, stage)
 
 
 def _dispatch(batch, placement, starts, args):
@@ -360,12 +392,15 @@ def _dispatch(batch, placement, starts, args):
     starts = jax.device_put(starts, placement.batched)
     args = _place(args, batch.axes, placement)
     states, num_steps = batch.start(starts, args)
-    return (*_round(batch, placement, states, num_steps, args), args)
+    return (*_round(batch, placement, states, num_steps, args, 0), args)
 
 
 def _finish(batch, placement, states, num_steps, args, num_real, return_residuals):
     """The remaining rounds of a chunk, and its solution on the host without the padding."""
-    states, num_steps = _after_round(batch, placement, states, num_steps, args)
+    states, num_steps = _after_round(batch, placement, states, num_steps, args, 0)
+    for stage in range(1, len(batch.solver.stage_steps())):
+        states = batch.enter_stage(states, args, stage)
+        states, num_steps = _stage(batch, placement, states, num_steps, args, stage)
     solution = batch.solution(states, num_steps, args, return_residuals)
     return jax.tree.map(lambda leaf: np.asarray(leaf)[:num_real], solution)
 

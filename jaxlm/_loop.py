@@ -12,6 +12,7 @@ A solver's state is an `equinox.Module` with at least the fields `x`, `residual`
 """
 
 import abc
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -107,6 +108,19 @@ class Problem(eqx.Module):
         second_derivative = jax.jvp(directional_derivative, (x,), (v,))[1]
         return jac.T @ second_derivative, second_derivative
 
+    def twice_differentiable(self, x: Float[Array, " n"]) -> bool:
+        """Whether `curvature_gradient` can be traced: not where JAX cannot differentiate the residuals
+        forward twice (a `jax.pure_callback` to the host, a `jax.custom_vjp` function)."""
+
+        def curvature(x):
+            return self.curvature_gradient(x, x, None if self.jacobian is None else self.jacobian(x))
+
+        try:
+            jax.eval_shape(curvature, x)
+        except Exception:  # whatever JAX raises for a function without forward derivatives
+            return False
+        return True
+
     def gradient(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
         """∇F(x) (for least squares Jᵀr), by reverse-mode differentiation."""
         return jax.grad(self.cost)(x)
@@ -181,6 +195,22 @@ class AbstractSolver(eqx.Module):
     def step_info(self, state: PyTree) -> StepInfo:
         """The kind of the last step, whether it was accepted, and the damping and radius after it."""
 
+    def stage_steps(self) -> tuple[Callable[[Problem, PyTree], PyTree], ...]:
+        """The step of each stage of the solver, in order: a solver that can move on to a costlier
+        kind of step (`LevenbergMarquardt`'s fallback) has several, and `step` is the one that
+        works in any stage. The driver runs each stage in a loop of its own, so that a vmapped
+        batch pays for a later stage only while one of its fits is in it."""
+        return (self.step,)
+
+    def stage(self, state: PyTree) -> Int[Array, ""]:
+        """The index into `stage_steps` of the stage that `state` is in (stages only go forward)."""
+        return jnp.array(0, jnp.int32)
+
+    def enter_stage(self, problem: Problem, state: PyTree, stage: int) -> PyTree:
+        """The state as it enters `stage` from the stage before, once the loop of that stage has
+        ended (for every fit, also one that has stopped, which the new stage may resume)."""
+        return state
+
 
 def _set_status(state, status):
     return eqx.tree_at(lambda s: s.status, state, status)
@@ -198,9 +228,10 @@ def first_state(solver: AbstractSolver, problem: Problem, x0: Array) -> PyTree:
     return _set_status(state, jnp.where(start_is_finite, status, Status.NONFINITE_START))
 
 
-def next_state(solver: AbstractSolver, problem: Problem, state: PyTree, num_steps, max_steps: int):
-    """One step of the solver, then the checks every solver shares: non-finite values, max_steps."""
-    state = solver.step(problem, state)
+def next_state(solver: AbstractSolver, problem: Problem, state: PyTree, num_steps, max_steps: int, step=None):
+    """One step of the solver (`step`, one of its `stage_steps`, or by default `solver.step`), then
+    the checks every solver shares: non-finite values, max_steps."""
+    state = (solver.step if step is None else step)(problem, state)
     num_steps = num_steps + 1
     status = jnp.where(jnp.all(jnp.isfinite(state.grad)), state.status, Status.NONFINITE_JACOBIAN)
     status = jnp.where((status == Status.RUNNING) & (num_steps >= max_steps), Status.MAX_STEPS, status)
@@ -228,13 +259,9 @@ def run(
     `STOPPED_BY_CALLBACK`): the hook for a user's callback. `max_steps` = 0 evaluates the start only.
     """
 
-    def not_done(carry):
-        state, _, _ = carry
-        return state.status == Status.RUNNING
-
-    def body(carry):
+    def body(carry, step):
         state, num_steps, trace = carry
-        state, num_steps = next_state(solver, problem, state, num_steps, max_steps)
+        state, num_steps = next_state(solver, problem, state, num_steps, max_steps, step)
         if on_step is not None:
             stop = on_step(state, num_steps) & (state.status == Status.RUNNING)
             state = _set_status(state, jnp.where(stop, Status.STOPPED_BY_CALLBACK, state.status))
@@ -254,9 +281,22 @@ def run(
     trace = None
     if trace_steps > 0:
         trace = record(empty_trace(trace_steps + 1, x0), jnp.array(0), state, start)
-    init = (state, num_steps, trace)
+    carry = (state, num_steps, trace)
     if max_steps == 0:
-        return init
-    if loop_kind == "lax":
-        return lax.while_loop(not_done, body, init)
-    return eqxi.while_loop(not_done, body, init, max_steps=max_steps, kind=loop_kind)
+        return carry
+    # One loop per stage: a fit leaves a stage's loop when it stops or moves on to the next stage.
+    for index, step in enumerate(solver.stage_steps()):
+        if index > 0:
+            state, num_steps, trace = carry
+            carry = (solver.enter_stage(problem, state, index), num_steps, trace)
+
+        def in_stage(carry, index=index):
+            state, _, _ = carry
+            return (state.status == Status.RUNNING) & (solver.stage(state) == index)
+
+        stage_body = functools.partial(body, step=step)
+        if loop_kind == "lax":
+            carry = lax.while_loop(in_stage, stage_body, carry)
+        else:
+            carry = eqxi.while_loop(in_stage, stage_body, carry, max_steps=max_steps, kind=loop_kind)
+    return carry

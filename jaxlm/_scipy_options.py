@@ -139,6 +139,8 @@ def solver_for(method, num_params: int, x_scale=None, diag=None, factor=None, ch
         }
     else:
         options = {"damping_rule": "trust_region", "initial_radius": 1.0}
+    if method is not None:  # scipy's algorithm as it is, without jaxlm's fallback stage
+        options.update(fallback_after=None)
     if array_scale is not None:
         options.update(scaled=False, x_scale=tuple(array_scale.tolist()))
     elif method in ("trf", "dogbox") and not (isinstance(x_scale, str) and x_scale == "jac"):

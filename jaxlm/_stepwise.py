@@ -5,6 +5,7 @@ Both run the same solvers and the same driver checks (`first_state`, `next_state
 `least_squares`; only who calls the loop differs.
 """
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable
@@ -160,8 +161,8 @@ class AskTell:
 
     The solver runs eagerly in a background thread that waits for each answer, so the
     residuals can come from anywhere and take any time. Supported solvers are those that work
-    from residuals and Jacobians alone: `LevenbergMarquardt` (without geodesic acceleration),
-    `GaussNewton` and `HybridLMQN`.
+    from residuals and Jacobians alone: `LevenbergMarquardt` (without geodesic acceleration; its
+    fallback rule runs without it too), `GaussNewton` and `HybridLMQN`.
     """
 
     def __init__(
@@ -178,6 +179,9 @@ class AskTell:
                 f"AskTell works with LevenbergMarquardt (without geodesic acceleration), GaussNewton and "
                 f"HybridLMQN, which need only residuals and Jacobians; got {solver!r}."
             )
+        if isinstance(solver, LevenbergMarquardt) and solver.fallback_acceleration is not None:
+            # Geodesic acceleration differentiates the residuals, which only the user can evaluate.
+            solver = dataclasses.replace(solver, fallback_acceleration=None)
         if jacobian not in ("finite_differences", "tell"):
             raise ValueError(f"jacobian must be 'finite_differences' or 'tell', got {jacobian!r}.")
         x0 = np.asarray(x0)

@@ -74,9 +74,9 @@ def test_rounds_leave_the_stragglers_behind(monkeypatch):
     sizes = []
     original = _batch._BatchSolve.round
 
-    def recording_round(self, states, num_steps, args, last_round, mesh):
+    def recording_round(self, states, num_steps, args, last_round, mesh, stage):
         sizes.append((states.status.shape[0], last_round))
-        return original(self, states, num_steps, args, last_round, mesh)
+        return original(self, states, num_steps, args, last_round, mesh, stage)
 
     monkeypatch.setattr(_batch._BatchSolve, "round", recording_round)
     solution = jaxlm.least_squares_batch(

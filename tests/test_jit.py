@@ -109,11 +109,18 @@ def test_inside_user_jit_matches_eager_call():
     assert int(jitted.num_steps) == int(eager.num_steps)
 
 
-def test_the_solve_is_one_while_loop():
+@pytest.mark.parametrize(
+    "solver, loops",
+    [(jaxlm.LevenbergMarquardt(fallback_after=None), 1), (jaxlm.LevenbergMarquardt(), 2)],
+    ids=["one stage", "with the fallback stage"],
+)
+def test_the_solve_is_one_while_loop_per_stage(solver, loops):
     problem = PROBLEMS["exponential_decay"]
-    jaxpr = jax.make_jaxpr(lambda x0: jaxlm.least_squares(problem.fun, x0, problem.args))(problem.x0)
-    text = str(jaxpr)
-    assert text.count("while[") == 1
+    jaxpr = jax.make_jaxpr(lambda x0: jaxlm.least_squares(problem.fun, x0, problem.args, solver=solver))(
+        problem.x0
+    )
+    # (the trust region's fixed number of Newton iterations on its secular equation is a scan)
+    assert str(jaxpr).count("while[") == loops
 
 
 def test_throw_inside_user_jit():
@@ -135,8 +142,10 @@ def test_every_solver_is_one_while_loop_and_matches_under_jit(solver_name):
     def fit(x0):
         return jaxlm.least_squares(problem.fun, x0, problem.args, solver=solver)
 
-    # One while loop that is not inside another (LBFGSLM's line search is nested inside it).
-    assert _outermost_while_loops(jax.make_jaxpr(fit)(problem.x0).jaxpr) == 1
+    # One while loop per stage that is not inside another (LBFGSLM's line search is nested inside
+    # it; LevenbergMarquardt's fallback is a stage of its own).
+    stages = len(solver.stage_steps())
+    assert _outermost_while_loops(jax.make_jaxpr(fit)(problem.x0).jaxpr) == stages
     np.testing.assert_array_equal(jax.jit(fit)(problem.x0).params, fit(problem.x0).params)
 
 

@@ -29,6 +29,20 @@ Optimization", 2nd ed., Theorem 4.1). Then Δ ← ½·min(Δ, ‖Dh‖) when ρ 
 Δ ← max(Δ, 2‖Dh‖) when ρ > 3/4; Δ₀ = 100·‖Dx₀‖, as in MINPACK (`initial_radius`; scipy's
 trust-region reflective method starts from ‖Dx₀‖).
 
+The default rule is fast on the fits that most users have (a batch of Gaussian spots converges
+in 4–11 steps), but Nielsen's damping from a far start can crawl along a curved valley for
+thousands of steps (NIST MGH10) or run a parameter off to infinity (NIST BoxBOD, where the
+model no longer depends on it). So a fit that has not converged after `fallback_after` steps
+goes on with a robust rule: Moré's trust region with geodesic acceleration (α = 1.5), which
+follows curved valleys and refuses the steps that run away. It goes on from where it is, with
+a radius as long as its last step, unless its scaling has gone stale (a column of J has fallen
+below 10⁻⁴ of its running maximum in diag(JᵀJ)), and then it starts again from x₀. A fit that
+converges at a point where a column of J has vanished (below eps of its running maximum: a
+stationary point at infinity) starts again from x₀ with the robust rule too, and comes back to
+that point if the robust rule ends higher. Each stage is a loop of its own in the driver
+(`AbstractSolver.stage_steps`), so a vmapped batch pays for the costlier robust step only while
+one of its fits needs it.
+
 A trial point whose residuals are not finite has ρ = NaN and is rejected like any other. With
 bounds, parameters that the cost pushes against a bound are held there, and the trial point is
 cut at the box (`Problem.step_into_box`); a cut step that the model does not expect to reduce
@@ -49,8 +63,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._linear import diagonal_matrix, diagonal_of, solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
+from .._solution import Status
 from .._trace import StepInfo, StepKind
-from ._tolerances import check_tolerances, initial_status, levenberg_marquardt_status
+from ._tolerances import check_tolerances, initial_status, is_concrete, levenberg_marquardt_status
 
 
 class LevenbergMarquardtState(eqx.Module):
@@ -69,6 +84,14 @@ class LevenbergMarquardtState(eqx.Module):
     status: Int[Array, ""]
     num_fev: Int[Array, ""]
     num_jev: Int[Array, ""]
+    robust: Bool[Array, ""]  # the fit has switched to the fallback rule (see `fallback_after`)
+    restart: Bool[Array, ""]  # ... from the start: its first fallback step begins at `start` again
+    start: Float[Array, " n"] | None  # x₀, kept for that restart (None without a fallback)
+    # Where the first stage stopped at infinity, its cost and status: the fallback from x₀ returns
+    # there if it ends higher (∞ and RUNNING while there is no such point).
+    stopped: Float[Array, " n"] | None
+    stopped_cost: Float[Array, ""]
+    stopped_status: Int[Array, ""]
 
 
 def _as_scale(x_scale):
@@ -117,6 +140,12 @@ class LevenbergMarquardt(AbstractSolver):
             `num_fev`/`num_jev`) and follows narrow curved valleys in far fewer steps (NIST
             MGH10 from start 1: 1808 steps instead of 7686) and avoids some runaway parameters
             (NIST BoxBOD from start 1).
+        fallback_after: the number of steps after which a fit that has not converged switches
+            to the robust rule (Moré's trust region with geodesic acceleration); a fit that
+            converges at a stationary point at infinity switches too, and starts again from x₀
+            (see above). 30 by default; `None` keeps the chosen rule to the end.
+        fallback_acceleration: α of the robust rule's geodesic acceleration (1.5); `None` for
+            Moré's trust region alone.
 
     Example:
         >>> import jax.numpy as jnp, jaxlm
@@ -139,6 +168,8 @@ class LevenbergMarquardt(AbstractSolver):
     geodesic_acceleration: float | None = eqx.field(default=None, static=True)
     initial_radius: float = 100.0
     x_scale: tuple[float, ...] | None = eqx.field(default=None, converter=_as_scale)
+    fallback_after: int | None = eqx.field(default=30, static=True)
+    fallback_acceleration: float | None = eqx.field(default=1.5, static=True)
 
     def __check_init__(self):
         if self.damping_rule not in ("nielsen", "classic", "trust_region"):
@@ -146,10 +177,22 @@ class LevenbergMarquardt(AbstractSolver):
                 f"damping_rule must be 'nielsen', 'classic' or 'trust_region', got {self.damping_rule!r}."
             )
         check_tolerances(self)
-        if not self.initial_damping > 0:
+        # (Traced values, when the solver is an argument of a jitted function, are not checked.)
+        if is_concrete(self.initial_damping) and not self.initial_damping > 0:
             raise ValueError(f"initial_damping must be > 0, got {self.initial_damping}.")
-        if not self.initial_radius > 0:
+        if is_concrete(self.initial_radius) and not self.initial_radius > 0:
             raise ValueError(f"initial_radius must be > 0, got {self.initial_radius}.")
+        steps = self.fallback_after
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(
+                f"fallback_after must be a positive number of steps, or None for no fallback, got "
+                f"{self.fallback_after!r}."
+            )
+        if self.fallback_acceleration is not None and not self.fallback_acceleration > 0:
+            raise ValueError(
+                f"fallback_acceleration must be > 0, or None for no geodesic acceleration, got "
+                f"{self.fallback_acceleration!r}."
+            )
         if self.x_scale is not None and self.scaled:
             raise ValueError(
                 "x_scale sets the scaling D = 1/x_scale, which replaces Marquardt's: pass scaled=False "
@@ -190,10 +233,18 @@ class LevenbergMarquardt(AbstractSolver):
             status=initial_status(projected_grad, self.gtol, x0.dtype),
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
+            robust=jnp.array(False),
+            restart=jnp.array(False),
+            start=None if self.fallback_after is None else x0,
+            stopped=None if self.fallback_after is None else x0,
+            stopped_cost=jnp.asarray(jnp.inf, x0.dtype),
+            stopped_status=jnp.array(Status.RUNNING, jnp.int32),
         )
 
     def step_info(self, state: LevenbergMarquardtState) -> StepInfo:
         radius = state.radius if self.damping_rule == "trust_region" else jnp.nan
+        if self.fallback_after is not None:
+            radius = jnp.where(state.robust, state.radius, radius)
         return StepInfo(jnp.array(StepKind.LEVENBERG_MARQUARDT), state.accepted, state.damping, radius)
 
     def damping_after_rejection(self, mu, nu):
@@ -205,7 +256,103 @@ class LevenbergMarquardt(AbstractSolver):
             return mu * 10, nu
         return mu, nu
 
+    def fallback(self) -> "LevenbergMarquardt":
+        """The solver of the fallback stage: Moré's trust region with geodesic acceleration."""
+        return dataclasses.replace(
+            self,
+            damping_rule="trust_region",
+            geodesic_acceleration=self.fallback_acceleration,
+            fallback_after=None,
+        )
+
+    def stage_steps(self):
+        if self.fallback_after is None:
+            return (self.step,)
+        return (self.rule_step, self.fallback_step)
+
+    def stage(self, state: LevenbergMarquardtState) -> Int[Array, ""]:
+        if self.fallback_after is None:
+            return jnp.array(0, jnp.int32)
+        return (state.robust | (state.num_fev - 1 >= self.fallback_after)).astype(jnp.int32)
+
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
+        if self.fallback_after is None:
+            return self.rule_step(problem, state)
+        return lax.cond(
+            state.robust,
+            lambda state: self.fallback_step(problem, state),
+            lambda state: self.enter_stage(problem, self.rule_step(problem, state), 1),
+            state,
+        )
+
+    def enter_stage(
+        self, problem: Problem, state: LevenbergMarquardtState, stage: int
+    ) -> LevenbergMarquardtState:
+        """The switch to the fallback: after `fallback_after` steps without converging (from x₀
+        again when the scaling has gone stale), or on converging at a stationary point at
+        infinity (from x₀ again, keeping that point to return to)."""
+        if self.fallback_after is None:
+            return state
+        dtype = state.x.dtype
+        running = state.status == Status.RUNNING
+        # Against D², the running maximum of diag(JᵀJ); with a fixed scaling (scaled=False) the
+        # ratios mean nothing, and only the step count switches.
+        column_ratio = diagonal_of(state.jtj) / state.scale
+        free = problem.free_variables(state.x, state.grad)
+        at_infinity = jnp.array(False)
+        stale = jnp.array(False)
+        if self.scaled:
+            converged = (state.status >= Status.CONVERGED_GTOL) & (state.status <= Status.CONVERGED_FTOL)
+            at_infinity = converged & jnp.any(free & (column_ratio <= jnp.finfo(dtype).eps))
+            stale = jnp.any(free & (column_ratio < STALE_SCALING))
+        switch = (running & (state.num_fev - 1 >= self.fallback_after)) | at_infinity
+        # The fallback goes on with a radius as long as the last step (MINPACK's Δ₀ if it had none).
+        last_step = jnp.where(
+            jnp.isfinite(state.step_norm) & (state.step_norm > 0),
+            state.step_norm,
+            _initial_radius(state.x, state.scale, self.initial_radius),
+        )
+        return dataclasses.replace(
+            state,
+            robust=switch,
+            restart=at_infinity | (switch & stale),
+            radius=jnp.where(switch, last_step, state.radius).astype(dtype),
+            status=jnp.where(at_infinity, Status.RUNNING, state.status).astype(jnp.int32),
+            stopped=jnp.where(at_infinity, state.x, state.stopped),
+            stopped_cost=jnp.where(at_infinity, state.cost, state.stopped_cost),
+            stopped_status=jnp.where(at_infinity, state.status, state.stopped_status),
+        )
+
+    def fallback_step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
+        """A step of the fallback rule, from x₀ afresh when the switch asked for a restart."""
+        fallback = self.fallback()
+        if fallback.geodesic_acceleration is not None and not problem.twice_differentiable(state.x):
+            fallback = dataclasses.replace(fallback, geodesic_acceleration=None)
+
+        def evaluated_at(x, state, **fields):
+            fresh = fallback.init(problem, x)
+            return dataclasses.replace(
+                fresh,
+                num_fev=state.num_fev + fresh.num_fev,
+                num_jev=state.num_jev + fresh.num_jev,
+                start=state.start,
+                stopped=state.stopped,
+                stopped_cost=state.stopped_cost,
+                stopped_status=state.stopped_status,
+                **fields,
+            )
+
+        state = lax.cond(state.restart, lambda: evaluated_at(state.start, state), lambda: state)
+        state = fallback.rule_step(problem, state)
+        ended_higher = (state.status != Status.RUNNING) & (state.cost > state.stopped_cost)
+        state = lax.cond(
+            ended_higher,
+            lambda: evaluated_at(state.stopped, state, status=state.stopped_status),
+            lambda: state,
+        )
+        return dataclasses.replace(state, robust=jnp.array(True), restart=jnp.array(False))
+
+    def rule_step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         dtype = state.x.dtype
         unconstrained_state = state
         if problem.bounded:
@@ -364,6 +511,12 @@ class LevenbergMarquardt(AbstractSolver):
             status=status,
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + accepted.astype(jnp.int32),
+            robust=state.robust,
+            restart=state.restart,
+            start=state.start,
+            stopped=state.stopped,
+            stopped_cost=state.stopped_cost,
+            stopped_status=state.stopped_status,
         )
 
 
@@ -373,6 +526,9 @@ def _initial_radius(x0, scale, factor):
     return jnp.where(norm > 0, factor * norm, factor).astype(x0.dtype)
 
 
+# A column of J whose diag(JᵀJ) has fallen below this fraction of its running maximum (a factor
+# 100 in its norm) tells that the scaling D² no longer fits the point the first stage has reached.
+STALE_SCALING = 1e-4
 SECULAR_ITERATIONS = 10
 SECULAR_TOLERANCE = 0.1
 

@@ -1,5 +1,6 @@
 """Default tolerances, chosen from the dtype of the parameters."""
 
+import jax
 import jax.numpy as jnp
 
 from .._linear import diagonal_of
@@ -21,11 +22,16 @@ def check_tolerances(solver) -> None:
     """An error that says what to do for a negative tolerance (0 turns a test off)."""
     for name in ("ftol", "xtol", "gtol"):
         value = getattr(solver, name)
-        if value is not None and not value >= 0:
+        if value is not None and is_concrete(value) and not value >= 0:
             raise ValueError(
                 f"{name} must be >= 0 (0 turns that test off) or None (a default from the dtype), "
                 f"got {value}."
             )
+
+
+def is_concrete(value) -> bool:
+    """Whether `value` is a number that Python can compare, not a tracer."""
+    return not isinstance(value, jax.core.Tracer)
 
 
 def resolve_tolerance(name: str, value: float | None, dtype) -> float:

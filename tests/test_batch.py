@@ -266,3 +266,20 @@ def test_compiler_options(monkeypatch):
         _compiler_options.single_fit_compiler_options.cache_clear()
     assert _compiler_options.compiler_options() == options
     assert _compiler_options.single_fit_compiler_options() == single_fit_options
+
+
+def test_fits_that_reach_the_fallback_stage_same_as_vmap():
+    """With `fallback_after=3` the far starts move on to the fallback's rounds, which gather them
+    into a batch of their own; each fit still takes the steps of its own solve."""
+    solver = jaxlm.LevenbergMarquardt(fallback_after=3)
+    reference = jax.jit(
+        jax.vmap(lambda p, y: jaxlm.least_squares(exponential_decay, p, (T, y), solver=solver))
+    )(STARTS[:200], Y[:200])
+    batched = jaxlm.least_squares_batch(
+        exponential_decay, STARTS[:200], (T, Y[:200]), in_axes=(None, 0), solver=solver, progress=False
+    )
+    np.testing.assert_array_equal(batched.success, reference.success)
+    assert np.all(np.abs(batched.num_steps - np.asarray(reference.num_steps)) <= 1)
+    ok = np.asarray(reference.success)
+    np.testing.assert_allclose(batched.params[ok], np.asarray(reference.params)[ok], rtol=1e-8)
+    assert batched.success[list(HARD[:2])].all() and np.min(batched.num_steps[list(HARD[:2])]) > 3

@@ -293,13 +293,6 @@ class _BatchSolve(eqx.Module):
             local_round, mesh=mesh, in_specs=(fits, fits, args_specs), out_specs=(fits, fits), check_vma=False
         )(states, num_steps, args)
 
-    @_jit
-    def enter_stage(self, states, args, stage: int):
-        def one(state, args):
-            return self.solver.enter_stage(self.problem(args), state, stage)
-
-        return jax.vmap(one, in_axes=(0, self.axes))(states, args)
-
     def running_in(self, states, stage: int):
         """Which fits are running in `stage`."""
         return (states.status == Status.RUNNING) & (jax.vmap(self.solver.stage)(states) == stage)
@@ -399,7 +392,6 @@ def _finish(batch, placement, states, num_steps, args, num_real, return_residual
     """The remaining rounds of a chunk, and its solution on the host without the padding."""
     states, num_steps = _after_round(batch, placement, states, num_steps, args, 0)
     for stage in range(1, len(batch.solver.stage_steps())):
-        states = batch.enter_stage(states, args, stage)
         states, num_steps = _stage(batch, placement, states, num_steps, args, stage)
     solution = batch.solution(states, num_steps, args, return_residuals)
     return jax.tree.map(lambda leaf: np.asarray(leaf)[:num_real], solution)

@@ -54,7 +54,7 @@ from jaxtyping import Array, Float
 
 from ._conjugate_gradients import conjugate_gradients
 from ._loop import pinned_free
-from ._solution import SUCCESS_CODES, Status
+from ._solution import Status, succeeded
 
 # A solve as the adjoints see it: `primal(inputs, loop_kind)` runs the solver and returns
 # (x, residual, cost, state, num_steps, trace); `evaluate(x, inputs)` returns (cost, flat residual),
@@ -185,7 +185,7 @@ def _implicit_solve_jvp(primals, tangents, *, primal, evaluate, hessian, linear_
 
     _, (tangent_cost, tangent_r) = jax.jvp(evaluate_at, (x, diff_inputs), (tangent_x, tangent_inputs))
 
-    converged = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
+    converged = succeeded(state.status)
     status = jnp.where(converged & regularised, Status.DERIVATIVE_REGULARISED, state.status)
     state = eqx.tree_at(lambda s: s.status, state, status.astype(state.status.dtype))
 

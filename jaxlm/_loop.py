@@ -198,18 +198,15 @@ class AbstractSolver(eqx.Module):
     def stage_steps(self) -> tuple[Callable[[Problem, PyTree], PyTree], ...]:
         """The step of each stage of the solver, in order: a solver that can move on to a costlier
         kind of step (`LevenbergMarquardt`'s fallback) has several, and `step` is the one that
-        works in any stage. The driver runs each stage in a loop of its own, so that a vmapped
-        batch pays for a later stage only while one of its fits is in it."""
+        works in any stage. A stage's step moves a fit on to the next stage (see `stage`), and the
+        driver runs each stage in a loop of its own, so that a vmapped batch pays for a later stage
+        only while one of its fits is in it. A fit that moves on is RUNNING, also one that the
+        next stage resumes after it had stopped."""
         return (self.step,)
 
     def stage(self, state: PyTree) -> Int[Array, ""]:
         """The index into `stage_steps` of the stage that `state` is in (stages only go forward)."""
         return jnp.array(0, jnp.int32)
-
-    def enter_stage(self, problem: Problem, state: PyTree, stage: int) -> PyTree:
-        """The state as it enters `stage` from the stage before, once the loop of that stage has
-        ended (for every fit, also one that has stopped, which the new stage may resume)."""
-        return state
 
 
 def _set_status(state, status):
@@ -286,9 +283,6 @@ def run(
         return carry
     # One loop per stage: a fit leaves a stage's loop when it stops or moves on to the next stage.
     for index, step in enumerate(solver.stage_steps()):
-        if index > 0:
-            state, num_steps, trace = carry
-            carry = (solver.enter_stage(problem, state, index), num_steps, trace)
 
         def in_stage(carry, index=index):
             state, _, _ = carry

@@ -104,6 +104,11 @@ _MESSAGES = {
 SUCCESS_CODES = tuple(int(s) for s in Status if s.success)
 
 
+def succeeded(status: Int[Array, "..."]) -> Bool[Array, "..."]:
+    """`Status.success` of status values in an array (also traced)."""
+    return jnp.isin(status, jnp.array(SUCCESS_CODES))
+
+
 class Solution(eqx.Module):
     """The result of `jaxlm.least_squares`: a pytree of arrays only.
 
@@ -184,7 +189,7 @@ def make_solution(
     """
     if trace is not None:
         trace = eqx.tree_at(lambda t: t.params, trace, jax.vmap(unravel)(trace.params))
-    success = jnp.isin(state.status, jnp.array(SUCCESS_CODES))
+    success = succeeded(state.status)
     solution = Solution(
         params=params,
         cost=cost,

@@ -35,8 +35,8 @@ def test_a_fit_that_has_not_converged_moves_on_to_the_trust_region():
     np.testing.assert_allclose(solution.params, [2.5, 1.3], rtol=1e-8)
     assert int(solution.num_steps) > 3
     radius = np.asarray(solution.trace.radius)[: int(solution.trace.length)]
-    assert np.all(np.isnan(radius[:4]))  # Nielsen's rule has no radius (row 0 is the start)
-    assert np.all(np.isfinite(radius[4:]))  # the trust region's, from the switch on
+    assert np.all(np.isnan(radius[:3]))  # Nielsen's rule has no radius (row 0 is the start)
+    assert np.all(np.isfinite(radius[3:]))  # the trust region's, from the switch after step 3 on
     # It goes on from the point it had reached: the radius starts as long as the last step.
     plain = jaxlm.least_squares(
         exponential_decay, FAR_START, (T, Y), solver=NIELSEN_ONLY, max_steps=3, trace=3

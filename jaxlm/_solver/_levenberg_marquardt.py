@@ -57,13 +57,14 @@ import dataclasses
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from .._linear import diagonal_matrix, diagonal_of, solve_damped_normal_equations
+from .._linear import diagonal_of, solve_damped_normal_equations
 from .._loop import AbstractSolver, Problem
-from .._solution import Status
+from .._solution import Status, succeeded
 from .._trace import StepInfo, StepKind
 from ._tolerances import check_tolerances, initial_status, is_concrete, levenberg_marquardt_status
 
@@ -85,8 +86,11 @@ class LevenbergMarquardtState(eqx.Module):
     num_fev: Int[Array, ""]
     num_jev: Int[Array, ""]
     robust: Bool[Array, ""]  # the fit has switched to the fallback rule (see `fallback_after`)
-    restart: Bool[Array, ""]  # ... from the start: its first fallback step begins at `start` again
-    start: Float[Array, " n"] | None  # x₀, kept for that restart (None without a fallback)
+    # The next fallback step goes to `start` instead (x₀, or the point to return to) and starts the
+    # rule afresh there; `returning` when that is the return to `stopped`, with its status.
+    jump: Bool[Array, ""]
+    returning: Bool[Array, ""]
+    start: Float[Array, " n"] | None  # None without a fallback, like `stopped`
     # Where the first stage stopped at infinity, its cost and status: the fallback from x₀ returns
     # there if it ends higher (∞ and RUNNING while there is no such point).
     stopped: Float[Array, " n"] | None
@@ -203,20 +207,6 @@ class LevenbergMarquardt(AbstractSolver):
         problem.require_residuals("LevenbergMarquardt")
         cost, residual = problem.evaluate(x0)
         jac, jtj, grad = problem.normal_equations(x0, residual)
-        projected_grad = jnp.where(problem.free_variables(x0, grad), grad, 0)
-        diagonal = diagonal_of(jtj)
-        if self.scaled:
-            scale = jnp.where(diagonal > 0, diagonal, 1)
-            damping = jnp.asarray(self.initial_damping, x0.dtype)
-        else:
-            scale = (
-                jnp.ones_like(x0) if self.x_scale is None else 1 / jnp.asarray(self.x_scale, x0.dtype) ** 2
-            )
-            damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x0.dtype).tiny)
-        if self.damping_rule == "trust_region":
-            radius = _initial_radius(x0, scale, self.initial_radius)
-        else:
-            radius = jnp.asarray(jnp.inf, x0.dtype)
         return LevenbergMarquardtState(
             x=x0,
             residual=residual,
@@ -224,21 +214,40 @@ class LevenbergMarquardt(AbstractSolver):
             jac=jac,
             jtj=jtj,
             grad=grad,
-            scale=scale,
-            damping=damping,
-            damping_growth=jnp.asarray(2, x0.dtype),
-            radius=radius,
-            step_norm=jnp.asarray(jnp.inf, x0.dtype),
-            accepted=jnp.array(True),
-            status=initial_status(projected_grad, self.gtol, x0.dtype),
+            **self.starting_values(problem, x0, jtj, grad),
             num_fev=jnp.array(1, jnp.int32),
             num_jev=jnp.array(1, jnp.int32),
             robust=jnp.array(False),
-            restart=jnp.array(False),
+            jump=jnp.array(False),
+            returning=jnp.array(False),
             start=None if self.fallback_after is None else x0,
             stopped=None if self.fallback_after is None else x0,
             stopped_cost=jnp.asarray(jnp.inf, x0.dtype),
             stopped_status=jnp.array(Status.RUNNING, jnp.int32),
+        )
+
+    def starting_values(self, problem: Problem, x, jtj, grad) -> dict:
+        """The fields that a start at x sets: the scaling, μ₀, Δ₀ and the status."""
+        diagonal = diagonal_of(jtj)
+        if self.scaled:
+            scale = jnp.where(diagonal > 0, diagonal, 1)
+            damping = jnp.asarray(self.initial_damping, x.dtype)
+        else:
+            scale = jnp.ones_like(x) if self.x_scale is None else 1 / jnp.asarray(self.x_scale, x.dtype) ** 2
+            damping = self.initial_damping * jnp.maximum(jnp.max(diagonal), jnp.finfo(x.dtype).tiny)
+        if self.damping_rule == "trust_region":
+            radius = _initial_radius(x, scale, self.initial_radius)
+        else:
+            radius = jnp.asarray(jnp.inf, x.dtype)
+        projected_grad = jnp.where(problem.free_variables(x, grad), grad, 0)
+        return dict(
+            scale=scale,
+            damping=damping,
+            damping_growth=jnp.asarray(2, x.dtype),
+            radius=radius,
+            step_norm=jnp.asarray(jnp.inf, x.dtype),
+            accepted=jnp.array(True),
+            status=initial_status(projected_grad, self.gtol, x.dtype),
         )
 
     def step_info(self, state: LevenbergMarquardtState) -> StepInfo:
@@ -268,12 +277,10 @@ class LevenbergMarquardt(AbstractSolver):
     def stage_steps(self):
         if self.fallback_after is None:
             return (self.step,)
-        return (self.rule_step, self.fallback_step)
+        return (self.first_stage_step, self.fallback_step)
 
     def stage(self, state: LevenbergMarquardtState) -> Int[Array, ""]:
-        if self.fallback_after is None:
-            return jnp.array(0, jnp.int32)
-        return (state.robust | (state.num_fev - 1 >= self.fallback_after)).astype(jnp.int32)
+        return state.robust.astype(jnp.int32)
 
     def step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
         if self.fallback_after is None:
@@ -281,18 +288,15 @@ class LevenbergMarquardt(AbstractSolver):
         return lax.cond(
             state.robust,
             lambda state: self.fallback_step(problem, state),
-            lambda state: self.enter_stage(problem, self.rule_step(problem, state), 1),
+            lambda state: self.first_stage_step(problem, state),
             state,
         )
 
-    def enter_stage(
-        self, problem: Problem, state: LevenbergMarquardtState, stage: int
-    ) -> LevenbergMarquardtState:
-        """The switch to the fallback: after `fallback_after` steps without converging (from x₀
-        again when the scaling has gone stale), or on converging at a stationary point at
-        infinity (from x₀ again, keeping that point to return to)."""
-        if self.fallback_after is None:
-            return state
+    def first_stage_step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
+        """A step of the chosen rule, then the switch to the fallback: after `fallback_after` steps
+        without converging (from x₀ again when the scaling has gone stale), or on converging at a
+        stationary point at infinity (from x₀ again, keeping that point to return to)."""
+        state = self.rule_step(problem, state)
         dtype = state.x.dtype
         running = state.status == Status.RUNNING
         # Against D², the running maximum of diag(JᵀJ); with a fixed scaling (scaled=False) the
@@ -302,8 +306,7 @@ class LevenbergMarquardt(AbstractSolver):
         at_infinity = jnp.array(False)
         stale = jnp.array(False)
         if self.scaled:
-            converged = (state.status >= Status.CONVERGED_GTOL) & (state.status <= Status.CONVERGED_FTOL)
-            at_infinity = converged & jnp.any(free & (column_ratio <= jnp.finfo(dtype).eps))
+            at_infinity = succeeded(state.status) & jnp.any(free & (column_ratio <= jnp.finfo(dtype).eps))
             stale = jnp.any(free & (column_ratio < STALE_SCALING))
         switch = (running & (state.num_fev - 1 >= self.fallback_after)) | at_infinity
         # The fallback goes on with a radius as long as the last step (MINPACK's Δ₀ if it had none).
@@ -315,7 +318,7 @@ class LevenbergMarquardt(AbstractSolver):
         return dataclasses.replace(
             state,
             robust=switch,
-            restart=at_infinity | (switch & stale),
+            jump=at_infinity | (switch & stale),
             radius=jnp.where(switch, last_step, state.radius).astype(dtype),
             status=jnp.where(at_infinity, Status.RUNNING, state.status).astype(jnp.int32),
             stopped=jnp.where(at_infinity, state.x, state.stopped),
@@ -324,35 +327,32 @@ class LevenbergMarquardt(AbstractSolver):
         )
 
     def fallback_step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
-        """A step of the fallback rule, from x₀ afresh when the switch asked for a restart."""
+        """A step of the fallback rule, or the jump to `start` that the switch or the return asked
+        for; a fallback that ends higher than the point at infinity asks to return there."""
         fallback = self.fallback()
         if fallback.geodesic_acceleration is not None and not problem.twice_differentiable(state.x):
             fallback = dataclasses.replace(fallback, geodesic_acceleration=None)
-
-        def evaluated_at(x, state, **fields):
-            fresh = fallback.init(problem, x)
-            return dataclasses.replace(
-                fresh,
-                num_fev=state.num_fev + fresh.num_fev,
-                num_jev=state.num_jev + fresh.num_jev,
-                start=state.start,
-                stopped=state.stopped,
-                stopped_cost=state.stopped_cost,
-                stopped_status=state.stopped_status,
-                **fields,
-            )
-
-        state = lax.cond(state.restart, lambda: evaluated_at(state.start, state), lambda: state)
-        state = fallback.rule_step(problem, state)
-        ended_higher = (state.status != Status.RUNNING) & (state.cost > state.stopped_cost)
-        state = lax.cond(
-            ended_higher,
-            lambda: evaluated_at(state.stopped, state, status=state.stopped_status),
-            lambda: state,
+        jumped, returning = state.jump, state.returning
+        state = fallback.rule_step(problem, state, jump=jumped)
+        values = fallback.starting_values(problem, state.x, state.jtj, state.grad)
+        values["status"] = jnp.where(returning, state.stopped_status, values["status"]).astype(jnp.int32)
+        started = dataclasses.replace(state, **values)
+        state = jax.tree.map(lambda new, old: jnp.where(jumped, new, old), started, state)
+        ended_higher = (state.status != Status.RUNNING) & (state.cost > state.stopped_cost) & ~returning
+        return dataclasses.replace(
+            state,
+            robust=jnp.array(True),
+            jump=ended_higher,
+            returning=returning | ended_higher,
+            start=jnp.where(ended_higher, state.stopped, state.start),
+            status=jnp.where(ended_higher, Status.RUNNING, state.status).astype(jnp.int32),
         )
-        return dataclasses.replace(state, robust=jnp.array(True), restart=jnp.array(False))
 
-    def rule_step(self, problem: Problem, state: LevenbergMarquardtState) -> LevenbergMarquardtState:
+    def rule_step(
+        self, problem: Problem, state: LevenbergMarquardtState, jump: Bool[Array, ""] | None = None
+    ) -> LevenbergMarquardtState:
+        """A step of the chosen damping rule; where `jump`, the trial point is `state.start` instead,
+        and it is accepted (the fallback's restart, which `fallback_step` completes)."""
         dtype = state.x.dtype
         unconstrained_state = state
         if problem.bounded:
@@ -410,6 +410,8 @@ class LevenbergMarquardt(AbstractSolver):
                 self.geodesic_acceleration * jnp.linalg.norm(weight * velocity)
             )
         x_trial = problem.step_into_box(state.x, step)
+        if jump is not None:
+            x_trial = jnp.where(jump, state.start, x_trial)
         cost_trial, residual_trial = problem.evaluate(x_trial)
 
         actual_reduction = state.cost - cost_trial
@@ -448,6 +450,8 @@ class LevenbergMarquardt(AbstractSolver):
                 jnp.where(gain_ratio > 0.75, jnp.maximum(radius, 2 * scaled_step), radius),
             )
             mu_accepted = mu
+        if jump is not None:
+            accepted = accepted | jump
         mu = jnp.where(accepted, mu_accepted, mu_rejected)
         nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
 
@@ -512,7 +516,8 @@ class LevenbergMarquardt(AbstractSolver):
             num_fev=state.num_fev + 1,
             num_jev=state.num_jev + accepted.astype(jnp.int32),
             robust=state.robust,
-            restart=state.restart,
+            jump=state.jump,
+            returning=state.returning,
             start=state.start,
             stopped=state.stopped,
             stopped_cost=state.stopped_cost,
@@ -537,30 +542,35 @@ def _trust_region_damping(state, mu_start):
     """(μ ≥ 0 with ‖D h(μ)‖ ≈ Δ, h(μ) = −(JᵀJ + μD²)⁻¹g, and whether the Gauss–Newton step is inside
     the region, so that μ ≈ 0) (Moré 1978; Nocedal & Wright, Algorithm 4.3).
 
-    Newton's method on φ(μ) = 1/Δ − 1/‖Dh(μ)‖, which is nearly linear in μ,
-    μ ← μ + (‖Dh‖/Δ − 1)·‖Dh‖²/(D²h)ᵀ(JᵀJ + μD²)⁻¹(D²h), safeguarded as Moré does: μ stays in a
-    bracket [l, u] that starts at [ε·u, ‖D⁻¹g‖/Δ] and shrinks with every evaluation, and a Newton
-    step that leaves it is replaced by max(10⁻³u, √(lu)).
+    In the scaled variables z = Dh the curve is z(μ) = −(A + μI)⁻¹b with A = D⁻¹JᵀJD⁻¹ and
+    b = D⁻¹g, so one eigendecomposition A = QΛQᵀ gives its length for every μ,
+    ‖z(μ)‖² = Σ cᵢ²/(λᵢ + μ)² with c = Qᵀb, and no solve is needed while μ is sought. Newton's
+    method on φ(μ) = 1/Δ − 1/‖z(μ)‖, which is nearly linear in μ,
+    μ ← μ + (‖z‖/Δ − 1)·‖z‖²/Σ cᵢ²/(λᵢ + μ)³, safeguarded as Moré does: μ stays in a bracket
+    [l, u] that starts at [ε·u, ‖D⁻¹g‖/Δ] and shrinks with every evaluation, and a Newton step that
+    leaves it is replaced by max(10⁻³u, √(lu)).
     """
     weight = jnp.sqrt(state.scale)
+    scaled_gradient = state.grad / weight
+    eigenvalues, eigenvectors = jnp.linalg.eigh(state.jtj / (weight[:, None] * weight[None, :]))
+    eigenvalues = jnp.maximum(eigenvalues, 0)  # JᵀJ is positive semidefinite; rounding is not
+    coefficients = eigenvectors.T @ scaled_gradient
 
     def scaled_norm(mu):
-        h = solve_damped_normal_equations(state.jtj, state.grad, mu, state.scale, state.jac, state.residual)
-        return jnp.linalg.norm(weight * h), h
+        return jnp.linalg.norm(coefficients / (eigenvalues + mu))
 
-    upper = jnp.linalg.norm(state.grad / weight) / state.radius
+    upper = jnp.linalg.norm(scaled_gradient) / state.radius
     # The Gauss–Newton end of the curve, approached from μ > 0 like every other point of it.
     gauss_newton_mu = jnp.finfo(state.x.dtype).eps * upper
-    gauss_newton_fits = scaled_norm(gauss_newton_mu)[0] <= (1 + SECULAR_TOLERANCE) * state.radius
+    gauss_newton_fits = scaled_norm(gauss_newton_mu) <= (1 + SECULAR_TOLERANCE) * state.radius
 
     def newton(_, carry):
         mu, lower, upper = carry
-        norm, h = scaled_norm(mu)
+        norm = scaled_norm(mu)
         close = jnp.abs(norm - state.radius) <= SECULAR_TOLERANCE * state.radius
         lower = jnp.where(norm > state.radius, jnp.maximum(lower, mu), lower)
         upper = jnp.where(norm < state.radius, jnp.minimum(upper, mu), upper)
-        scaled = state.scale * h
-        curvature = jnp.dot(scaled, jnp.linalg.solve(state.jtj + diagonal_matrix(mu * state.scale), scaled))
+        curvature = jnp.sum(coefficients**2 / (eigenvalues + mu) ** 3)
         updated = mu + (norm / state.radius - 1) * norm**2 / curvature
         inside = jnp.isfinite(updated) & (updated > lower) & (updated < upper)
         updated = jnp.where(inside, updated, jnp.maximum(1e-3 * upper, jnp.sqrt(lower * upper)))

@@ -43,6 +43,15 @@ that point if the robust rule ends higher. Each stage is a loop of its own in th
 (`AbstractSolver.stage_steps`), so a vmapped batch pays for the costlier robust step only while
 one of its fits needs it.
 
+Near a minimum the gain ratio stops meaning anything: F changes by less than its own rounding
+(ε·Σ|rᵢ||yᵢ| for residuals rᵢ = fᵢ − yᵢ, which is far above ε·F when the residuals are small), so
+the last steps, the ones that carry the final digits, come out rejected at random and the damping
+grows until the step is below xtol. A step whose predicted and actual changes of F are both below
+√ε·F is therefore judged by the gradient instead: it is taken when it makes ‖D⁻¹g‖ smaller. The
+gradient is first order in the distance to the minimum where F is second order, so it resolves
+the steps that F cannot (NIST StRD with `ftol=0, xtol=1e-15`: 10.85 digits on average, every run
+above 10.3; 9.9 without this test, and 6.7 on the worst run).
+
 A trial point whose residuals are not finite has ρ = NaN and is rejected like any other. With
 bounds, parameters that the cost pushes against a bound are held there, and the trial point is
 cut at the box (`Problem.step_into_box`); a cut step that the model does not expect to reduce
@@ -431,7 +440,58 @@ class LevenbergMarquardt(AbstractSolver):
         # the radius shrinks) towards the gradient direction, which the box cannot spoil.
         expected = predicted_reduction > 0
         gain_ratio = jnp.where(expected, actual_reduction / jnp.where(expected, predicted_reduction, 1), -1)
-        accepted = (gain_ratio > 0) & acceleration_ok  # False when the trial cost is NaN or inf
+        accepted = (gain_ratio > (1e-4 if self.damping_rule == "trust_region" else 0)) & acceleration_ok
+        if jump is not None:
+            accepted = accepted | jump
+        # Near a minimum the cost stops telling a better point from a worse one: its rounding,
+        # ε·Σ|rᵢ|·|yᵢ| for residuals rᵢ = fᵢ − yᵢ, is ε·‖y‖/‖r‖ relative to F, far above ε when the
+        # residuals are small. A step whose predicted and actual changes are both below √ε·F (the
+        # rounding of fits whose residuals are down to √ε of the data) is judged by the gradient
+        # instead, which is first order in the distance to the minimum where the cost is second
+        # order: it is taken when it makes ‖D⁻¹g‖ smaller.
+        resolution = jnp.sqrt(jnp.finfo(dtype).eps) * state.cost
+        indistinct = (
+            ~accepted
+            & acceleration_ok
+            & expected
+            & (predicted_reduction <= resolution)
+            & (jnp.abs(actual_reduction) <= resolution)
+        )
+
+        def free_gradient_norm(x, grad):  # ‖D⁻¹g‖ over the parameters that may move
+            return jnp.linalg.norm(
+                jnp.where(problem.free_variables(x, grad), grad, 0) / jnp.sqrt(state.scale)
+            )
+
+        # A rejected step keeps the current point and its Jacobian; only an accepted one, or one to be
+        # judged by the gradient, pays for a new one. (One `cond` for the whole choice: a `where` per
+        # field would compile to a kernel each.)
+        evaluated = accepted | indistinct
+        if problem.chunks is None:
+            x, cost, residual, jac = lax.cond(
+                evaluated,
+                lambda: (x_trial, cost_trial, residual_trial, problem.jacobian(x_trial)),
+                lambda: (state.x, state.cost, state.residual, state.jac),
+            )
+            # Recomputed even after a rejection: selecting JᵀJ inside the `cond` makes XLA lay out the
+            # vmapped products badly (float64 batches ran 2× slower).
+            jtj, grad = problem.jtj_and_gradient(jac, residual)
+        else:  # JᵀJ and Jᵀr accumulated chunk by chunk, without J
+            x, cost, jtj, grad = lax.cond(
+                evaluated,
+                lambda: (x_trial, cost_trial, *problem.chunks.normal_equations(x_trial)),
+                lambda: (state.x, state.cost, state.jtj, state.grad),
+            )
+            residual = jac = None
+        flatter = free_gradient_norm(x, grad) < free_gradient_norm(state.x, state.grad)
+        x, cost, residual, jac, jtj, grad = jax.tree.map(
+            lambda new, old: jnp.where(indistinct & ~flatter, old, new),
+            (x, cost, residual, jac, jtj, grad),
+            (state.x, state.cost, state.residual, state.jac, state.jtj, state.grad),
+        )
+        # A step taken on the gradient counts as one that the model predicted well.
+        gain_ratio = jnp.where(indistinct & flatter, 1, gain_ratio)
+        accepted = accepted | (indistinct & flatter)
 
         radius = state.radius
         mu_rejected, nu_rejected = self.damping_after_rejection(mu, nu)
@@ -441,7 +501,6 @@ class LevenbergMarquardt(AbstractSolver):
             mu_accepted = mu / 10
         else:  # the radius moves; μ is solved for at the next step, from this one as a start
             scaled_step = jnp.linalg.norm(jnp.sqrt(state.scale) * step)
-            accepted = (gain_ratio > 1e-4) & acceleration_ok
             radius = jnp.where(
                 # also when the trial point was not finite (ρ = NaN), and when the step was refused
                 # for its curvature (the radius then shrinks until the acceleration is small)
@@ -450,29 +509,9 @@ class LevenbergMarquardt(AbstractSolver):
                 jnp.where(gain_ratio > 0.75, jnp.maximum(radius, 2 * scaled_step), radius),
             )
             mu_accepted = mu
-        if jump is not None:
-            accepted = accepted | jump
         mu = jnp.where(accepted, mu_accepted, mu_rejected)
         nu = jnp.where(accepted, 2, nu_rejected).astype(dtype)
 
-        # A rejected step keeps the current point and its Jacobian; only an accepted one pays for a new
-        # one. (One `cond` for the whole choice: a `where` per field would compile to a kernel each.)
-        if problem.chunks is None:
-            x, cost, residual, jac = lax.cond(
-                accepted,
-                lambda: (x_trial, cost_trial, residual_trial, problem.jacobian(x_trial)),
-                lambda: (state.x, state.cost, state.residual, state.jac),
-            )
-            # Recomputed even after a rejection: selecting JᵀJ inside the `cond` makes XLA lay out the
-            # vmapped products badly (float64 batches ran 2× slower).
-            jtj, grad = problem.jtj_and_gradient(jac, residual)
-        else:  # JᵀJ and Jᵀr accumulated chunk by chunk, without J
-            x, cost, jtj, grad = lax.cond(
-                accepted,
-                lambda: (x_trial, cost_trial, *problem.chunks.normal_equations(x_trial)),
-                lambda: (state.x, state.cost, state.jtj, state.grad),
-            )
-            residual = jac = None
         scale = jnp.maximum(state.scale, diagonal_of(jtj)) if self.scaled else state.scale
 
         # The norms are taken in the scaled variables D·x, as MINPACK does, so that a parameter of
@@ -514,7 +553,7 @@ class LevenbergMarquardt(AbstractSolver):
             accepted=accepted,
             status=status,
             num_fev=state.num_fev + 1,
-            num_jev=state.num_jev + accepted.astype(jnp.int32),
+            num_jev=state.num_jev + evaluated.astype(jnp.int32),
             robust=state.robust,
             jump=state.jump,
             returning=state.returning,

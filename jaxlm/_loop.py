@@ -167,6 +167,10 @@ class Problem(eqx.Module):
             return jnp.ones(x.shape, bool)
         return pinned_free(x, grad, self.lower, self.upper)
 
+    def projected_gradient(self, x: Float[Array, " n"], grad: Float[Array, " n"]) -> Float[Array, " n"]:
+        """The gradient over the parameters that may move (`free_variables`), 0 elsewhere."""
+        return jnp.where(self.free_variables(x, grad), grad, 0)
+
     def require_residuals(self, solver_name: str) -> None:
         if self.residual is None and self.chunks is None:
             raise ValueError(

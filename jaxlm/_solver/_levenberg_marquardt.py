@@ -248,7 +248,6 @@ class LevenbergMarquardt(AbstractSolver):
             radius = _initial_radius(x, scale, self.initial_radius)
         else:
             radius = jnp.asarray(jnp.inf, x.dtype)
-        projected_grad = jnp.where(problem.free_variables(x, grad), grad, 0)
         return dict(
             scale=scale,
             damping=damping,
@@ -256,7 +255,7 @@ class LevenbergMarquardt(AbstractSolver):
             radius=radius,
             step_norm=jnp.asarray(jnp.inf, x.dtype),
             accepted=jnp.array(True),
-            status=initial_status(projected_grad, self.gtol, x.dtype),
+            status=initial_status(problem.projected_gradient(x, grad), self.gtol, x.dtype),
         )
 
     def step_info(self, state: LevenbergMarquardtState) -> StepInfo:
@@ -458,11 +457,6 @@ class LevenbergMarquardt(AbstractSolver):
             & (jnp.abs(actual_reduction) <= resolution)
         )
 
-        def free_gradient_norm(x, grad):  # ‖D⁻¹g‖ over the parameters that may move
-            return jnp.linalg.norm(
-                jnp.where(problem.free_variables(x, grad), grad, 0) / jnp.sqrt(state.scale)
-            )
-
         # A rejected step keeps the current point and its Jacobian; only an accepted one, or one to be
         # judged by the gradient, pays for a new one. (One `cond` for the whole choice: a `where` per
         # field would compile to a kernel each.)
@@ -483,11 +477,19 @@ class LevenbergMarquardt(AbstractSolver):
                 lambda: (state.x, state.cost, state.jtj, state.grad),
             )
             residual = jac = None
-        flatter = free_gradient_norm(x, grad) < free_gradient_norm(state.x, state.grad)
-        x, cost, residual, jac, jtj, grad = jax.tree.map(
+        # The judgement by the gradient needs J at the trial point, so a step that it refuses goes
+        # back after the `cond`.
+        projected_grad = problem.projected_gradient(x, grad)
+        current_projected_grad = problem.projected_gradient(state.x, state.grad)
+
+        def gradient_size(grad):  # ‖D⁻¹g‖ in this step's scaling
+            return jnp.linalg.norm(grad / jnp.sqrt(state.scale))
+
+        flatter = gradient_size(projected_grad) < gradient_size(current_projected_grad)
+        x, cost, residual, jac, jtj, grad, projected_grad = jax.tree.map(
             lambda new, old: jnp.where(indistinct & ~flatter, old, new),
-            (x, cost, residual, jac, jtj, grad),
-            (state.x, state.cost, state.residual, state.jac, state.jtj, state.grad),
+            (x, cost, residual, jac, jtj, grad, projected_grad),
+            (state.x, state.cost, state.residual, state.jac, state.jtj, state.grad, current_projected_grad),
         )
         # A step taken on the gradient counts as one that the model predicted well.
         gain_ratio = jnp.where(indistinct & flatter, 1, gain_ratio)
@@ -523,7 +525,7 @@ class LevenbergMarquardt(AbstractSolver):
             diverged = diverged | ~jnp.isfinite(radius)
         status = levenberg_marquardt_status(
             self,
-            grad=jnp.where(problem.free_variables(x, grad), grad, 0),
+            grad=projected_grad,
             step_norm=step_norm,
             x_norm=jnp.linalg.norm(weight * x),
             cost=state.cost,
